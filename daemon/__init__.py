@@ -1,0 +1,22 @@
+"""videonote-dl: daemon supervisor de descargas guiado por un spool.
+
+API pública del plan: ``TempManager``, ``IsolatedDownload``, ``DownloadLifecycle``,
+``cleanup_download`` y ``DownloadManager`` (en ``daemon.downloaders``).
+"""
+
+from daemon.config import ConfigError, Settings, load_settings
+from daemon.ids import InvalidCorrelationId, new_correlation_id, validate_correlation_id
+from daemon.temp_manager import TempManager
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "InvalidCorrelationId",
+    "Settings",
+    "TempManager",
+    "__version__",
+    "load_settings",
+    "new_correlation_id",
+    "validate_correlation_id",
+]

@@ -1,0 +1,297 @@
+"""config.yaml -> ajustes tipados, inmutables y validados, con los valores por defecto embebidos.
+
+Cada clave se declara una sola vez en ``SCHEMA`` (tipo, valor por defecto, si se aplica en
+caliente con SIGHUP y una línea de ayuda); de ahí salen la validación, los valores por defecto
+y la referencia de docs/config.md, así que no pueden divergir.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from daemon.units import parse_duration, parse_size
+
+__all__ = [
+    "CONFIG_ENV_VAR",
+    "SCHEMA",
+    "ConfigError",
+    "DownloadSettings",
+    "ReaperSettings",
+    "Settings",
+    "SettingSpec",
+    "YtdlpSettings",
+    "default_settings",
+    "load_settings",
+    "restart_required_changes",
+    "settings_diff",
+]
+
+CONFIG_ENV_VAR = "VIDEONOTE_DL_CONFIG"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+KNOWN_SCHEMES = ("http", "https")
+
+
+class ConfigError(Exception):
+    """Configuración inválida: el mensaje nombra archivo, clave y lo que se admite."""
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadSettings:
+    """Ajustes de descarga (sección ``download``)."""
+
+    timeout: float = 600.0
+    retries: int = 3
+    backoff: float = 1.0
+    max_backoff: float = 300.0
+    max_bytes: int = 10 * 1024**3
+    allowed_schemes: tuple[str, ...] = ("http", "https")
+    allow_private_networks: bool = False
+    max_redirects: int = 10
+    progress_interval: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReaperSettings:
+    """Ajustes del recolector de directorios temporales (sección ``reaper``)."""
+
+    interval: float = 600.0
+    max_age: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class YtdlpSettings:
+    """Ajustes del descargador yt-dlp (sección ``ytdlp``)."""
+
+    enabled: bool = True
+    kill_grace: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Todos los ajustes del daemon. Las rutas ya están resueltas y son absolutas."""
+
+    spool_dir: Path = Path("var/spool")
+    temp_dir: Path = Path("var/tmp")
+    output_dir: Path = Path("var/downloads")
+    event_log: Path = Path("var/log/events.jsonl")
+    status_file: Path = Path("var/run/status.json")
+    max_concurrent: int = 4
+    max_queued: int = 20000
+    rescan_interval: float = 5.0
+    shutdown_grace: float = 30.0
+    log_level: str = "info"
+    download: DownloadSettings = field(default_factory=DownloadSettings)
+    reaper: ReaperSettings = field(default_factory=ReaperSettings)
+    ytdlp: YtdlpSettings = field(default_factory=YtdlpSettings)
+    source: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SettingSpec:
+    """Descripción de una clave: tipo legible, conversor, valor por defecto y si es recargable."""
+
+    key: str
+    kind: str
+    default: str
+    live: bool
+    help: str
+    convert: Callable[[Any], Any] = field(repr=False, compare=False, default=lambda v: v)
+
+
+def _int_between(low: int, high: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer from {low} to {high}, got {value!r}")
+        if not low <= value <= high:
+            raise ValueError(f"expected an integer from {low} to {high}, got {value}")
+        return value
+
+    return convert
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _path(value: Any) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a path, got {value!r}")
+    return Path(value)
+
+
+def _log_level(value: Any) -> str:
+    if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return value.lower()
+
+
+def _schemes(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(s, str) for s in value):
+        raise ValueError(f"expected a non-empty list drawn from {list(KNOWN_SCHEMES)}, got {value!r}")
+    unknown = [s for s in value if s.lower() not in KNOWN_SCHEMES]
+    if unknown:
+        raise ValueError(f"unsupported scheme(s) {unknown}; allowed: {list(KNOWN_SCHEMES)}")
+    return tuple(dict.fromkeys(s.lower() for s in value))
+
+
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"expected a duration above zero, got {value!r}")
+    return seconds
+
+
+def _positive_size(value: Any) -> int:
+    size = parse_size(value)
+    if size <= 0:
+        raise ValueError(f"expected a size above zero, got {value!r}")
+    return size
+
+
+SCHEMA: tuple[SettingSpec, ...] = (
+    SettingSpec("spool_dir", "path", "var/spool", False, "spool root: tmp/ incoming/ active/ done/ ...", _path),
+    SettingSpec("temp_dir", "path", "var/tmp", False, "root of the videonote_dl_<id> temp dirs", _path),
+    SettingSpec("output_dir", "path", "var/downloads", False, "where finished files are published", _path),
+    SettingSpec("event_log", "path", "var/log/events.jsonl", False, "JSON-lines event log", _path),
+    SettingSpec("status_file", "path", "var/run/status.json", False, "live status, rewritten atomically", _path),
+    SettingSpec("max_concurrent", "integer 1-1024", "4", True, "downloads running at once",
+                _int_between(1, 1024)),
+    SettingSpec("max_queued", "integer 1-1000000", "20000", True,
+                "jobs claimed from incoming/ and waiting in memory; the rest wait in incoming/",
+                _int_between(1, 1_000_000)),
+    SettingSpec("rescan_interval", "duration", "5s", True, "periodic rescan of incoming/", _positive_duration),
+    SettingSpec("shutdown_grace", "duration", "30s", True,
+                "on stop, how long running downloads may finish", parse_duration),
+    SettingSpec("log_level", "debug|info|warning|error", "info", True, "lowest level written", _log_level),
+    SettingSpec("download.timeout", "duration", "10m", True, "limit for one attempt", _positive_duration),
+    SettingSpec("download.retries", "integer 0-100", "3", True, "retries after transient errors",
+                _int_between(0, 100)),
+    SettingSpec("download.backoff", "duration", "1s", True, "base of the exponential backoff", parse_duration),
+    SettingSpec("download.max_backoff", "duration", "5m", True, "cap of one backoff wait", parse_duration),
+    SettingSpec("download.max_bytes", "size", "10GiB", True, "largest file accepted (jobs may lower it)",
+                _positive_size),
+    SettingSpec("download.allowed_schemes", "list of http, https", "[http, https]", True,
+                "URL schemes a job may use", _schemes),
+    SettingSpec("download.allow_private_networks", "boolean", "false", True,
+                "allow loopback/private/link-local targets", _boolean),
+    SettingSpec("download.max_redirects", "integer 0-50", "10", True, "redirect hops followed",
+                _int_between(0, 50)),
+    SettingSpec("download.progress_interval", "duration", "1s", True, "least time between job.progress events",
+                _positive_duration),
+    SettingSpec("reaper.interval", "duration", "10m", True, "time between reaper passes", _positive_duration),
+    SettingSpec("reaper.max_age", "duration", "1h", True, "age after which an unlocked temp dir is stale",
+                parse_duration),
+    SettingSpec("ytdlp.enabled", "boolean", "true", True, "allow the yt-dlp downloader", _boolean),
+    SettingSpec("ytdlp.kill_grace", "duration", "5s", True, "TERM-to-KILL wait for a yt-dlp process",
+                parse_duration),
+)
+_SPECS = {spec.key: spec for spec in SCHEMA}
+_SECTIONS = {"download": DownloadSettings, "reaper": ReaperSettings, "ytdlp": YtdlpSettings}
+
+
+def default_settings(base_dir: Path | None = None) -> Settings:
+    """Ajustes por defecto con las rutas resueltas contra ``base_dir`` (por defecto, el cwd)."""
+    return _resolve_paths(Settings(), base_dir or Path.cwd())
+
+
+def _resolve_paths(settings: Settings, base_dir: Path) -> Settings:
+    resolved = {
+        spec.key: (base_dir / getattr(settings, spec.key)).resolve()
+        for spec in SCHEMA
+        if spec.kind == "path"
+    }
+    return replace(settings, **resolved)
+
+
+def load_settings(path: Path | str | None = None) -> Settings:
+    """Lee y valida ``path`` (o ``$VIDEONOTE_DL_CONFIG``); sin archivo, los valores por defecto."""
+    if path is None and os.environ.get(CONFIG_ENV_VAR):
+        path = os.environ[CONFIG_ENV_VAR]
+    if path is None:
+        return default_settings()
+    path = Path(path).absolute()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found; pass an existing file with --config") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys like max_concurrent: 4")
+    settings = _apply(document, path)
+    return replace(_resolve_paths(settings, path.parent), source=path)
+
+
+def _apply(document: Mapping[str, Any], path: Path) -> Settings:
+    top: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    for key, value in document.items():
+        if key in _SECTIONS:
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: key '{key}' must be a mapping of its sub-keys")
+            for sub_key, sub_value in value.items():
+                sections[key][sub_key] = _convert(f"{key}.{sub_key}", sub_value, path)
+        else:
+            top[key] = _convert(str(key), value, path)
+    built = {name: cls(**sections[name]) for name, cls in _SECTIONS.items()}
+    return Settings(**top, **built)
+
+
+def _convert(key: str, value: Any, path: Path) -> Any:
+    spec = _SPECS.get(key)
+    if spec is None:
+        allowed = ", ".join(s.key for s in SCHEMA)
+        raise ConfigError(f"{path}: unknown key '{key}'; allowed keys: {allowed}")
+    try:
+        return spec.convert(value)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: bad value for '{key}': {exc} (expected {spec.kind})") from None
+
+
+def settings_diff(old: Settings, new: Settings) -> list[str]:
+    """Claves (con punto) cuyo valor cambió entre dos ajustes."""
+    changed = []
+    for spec in SCHEMA:
+        if _lookup(old, spec.key) != _lookup(new, spec.key):
+            changed.append(spec.key)
+    return changed
+
+
+def restart_required_changes(old: Settings, new: Settings) -> list[str]:
+    """Claves cambiadas que no se pueden aplicar en caliente (hace falta reiniciar)."""
+    return [key for key in settings_diff(old, new) if not _SPECS[key].live]
+
+
+def _lookup(settings: Settings, key: str) -> Any:
+    value: Any = settings
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _check_schema_matches_dataclasses() -> None:
+    # Garantía interna: cada campo de los dataclasses tiene su clave en SCHEMA y viceversa.
+    keys = {f.name for f in fields(Settings) if f.name not in _SECTIONS and f.name != "source"}
+    for name, cls in _SECTIONS.items():
+        keys |= {f"{name}.{f.name}" for f in fields(cls)}
+    if keys != set(_SPECS):
+        raise RuntimeError(f"config SCHEMA and dataclasses disagree: {sorted(keys ^ set(_SPECS))}")
+
+
+_check_schema_matches_dataclasses()

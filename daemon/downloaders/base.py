@@ -1,0 +1,169 @@
+"""Tipos base de los descargadores: opciones, resultado, protocolo y jerarquía de errores.
+
+Los errores separan lo transitorio (se reintenta con backoff) de lo permanente (falla al
+instante). Cada error lleva un ``kind`` corto y estable que va a los eventos y registros.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = [
+    "ChecksumMismatch",
+    "ConnectionFailed",
+    "DownloadError",
+    "DownloadOptions",
+    "DownloadResult",
+    "DownloadTimeout",
+    "Downloader",
+    "HTTPClientError",
+    "IncompleteBody",
+    "PermanentDownloadError",
+    "PrivateAddressRefused",
+    "ProgressCallback",
+    "SchemeNotAllowed",
+    "ServerError",
+    "SizeLimitExceeded",
+    "StorageError",
+    "TooManyRedirects",
+    "TransientDownloadError",
+    "UnsupportedUrl",
+]
+
+# progress(bytes_descargados, total_o_None)
+ProgressCallback = Callable[[int, int | None], None]
+
+
+@dataclass(slots=True)
+class DownloadOptions:
+    """Qué descargar y con qué límites. ``output_path`` es el directorio aislado del trabajo:
+    lo fija ``DownloadLifecycle`` y el descargador escribe sólo ahí."""
+
+    url: str
+    output_path: Path | None = None
+    filename: str | None = None
+    sha256: str | None = None
+    max_bytes: int = 10 * 1024**3
+    timeout: float = 600.0
+    headers: dict[str, str] = field(default_factory=dict)
+    format: str | None = None
+    playlist: bool = False
+    allowed_schemes: tuple[str, ...] = ("http", "https")
+    allow_private_networks: bool = False
+    max_redirects: int = 10
+    correlation_id: str | None = None
+
+
+@dataclass(slots=True)
+class DownloadResult:
+    """Un archivo completo dentro del directorio aislado (o ya publicado, si ``published``)."""
+
+    path: Path
+    filename: str
+    size: int
+    sha256: str
+    content_type: str | None = None
+    final_url: str | None = None
+    resumed: bool = False
+    published: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Downloader(Protocol):
+    """Un descargador: deja el archivo en ``options.output_path`` y devuelve su resultado."""
+
+    name: str
+
+    async def download(
+        self, options: DownloadOptions, progress: ProgressCallback | None = None
+    ) -> DownloadResult: ...
+
+
+class DownloadError(Exception):
+    """Error de descarga. ``transient`` decide si se reintenta; ``kind`` lo clasifica."""
+
+    kind = "error"
+    transient = False
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+        self.details = details
+
+    def to_record(self) -> dict[str, Any]:
+        """Forma serializable para eventos y registros terminales."""
+        record: dict[str, Any] = {"kind": self.kind, "message": self.message, "transient": self.transient}
+        if self.retry_after is not None:
+            record["retry_after"] = self.retry_after
+        record.update(self.details)
+        return record
+
+
+class TransientDownloadError(DownloadError):
+    """Puede salir bien si se reintenta (red, timeout, 5xx, 408, 429, cuerpo truncado)."""
+
+    kind = "transient"
+    transient = True
+
+
+class PermanentDownloadError(DownloadError):
+    """Reintentar no ayuda (4xx, checksum, tamaño, esquema, red privada...)."""
+
+    kind = "permanent"
+
+
+class ConnectionFailed(TransientDownloadError):
+    kind = "connection"
+
+
+class DownloadTimeout(TransientDownloadError):
+    kind = "timeout"
+
+
+class ServerError(TransientDownloadError):
+    """5xx, 408 o 429 (con ``retry_after`` si el servidor envió Retry-After)."""
+
+    kind = "http_status"
+
+
+class IncompleteBody(TransientDownloadError):
+    kind = "incomplete_body"
+
+
+class HTTPClientError(PermanentDownloadError):
+    kind = "http_status"
+
+
+class ChecksumMismatch(PermanentDownloadError):
+    kind = "checksum_mismatch"
+
+
+class SizeLimitExceeded(PermanentDownloadError):
+    kind = "too_large"
+
+
+class SchemeNotAllowed(PermanentDownloadError):
+    kind = "scheme_not_allowed"
+
+
+class PrivateAddressRefused(PermanentDownloadError):
+    kind = "private_address"
+
+
+class TooManyRedirects(PermanentDownloadError):
+    kind = "too_many_redirects"
+
+
+class StorageError(PermanentDownloadError):
+    """Disco lleno, E/S fallida, límite de tamaño de archivo: el trabajo falla, el daemon sigue."""
+
+    kind = "storage"
+
+
+class UnsupportedUrl(PermanentDownloadError):
+    kind = "unsupported_url"

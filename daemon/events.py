@@ -1,0 +1,205 @@
+"""Registro de eventos: structlog configurado una vez.
+
+Cada evento es un objeto JSON en una línea del registro de eventos, escrito con un único
+write(2) sobre un descriptor abierto con O_APPEND, de modo que escritores concurrentes (hilos o
+procesos) nunca intercalan líneas. Además se escribe una línea legible en stderr (para el journal).
+El archivo se reabre a demanda (SIGHUP, logrotate).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import MutableMapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+
+__all__ = [
+    "EventLogFile",
+    "bind_correlation_id",
+    "configure_events",
+    "get_logger",
+    "redact",
+    "reopen_event_log",
+    "set_log_level",
+]
+
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+_CREDENTIALS_IN_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s:]*(?::[^/@\s]*)?@")
+_SECRET_KEYS = frozenset({"authorization", "cookie", "proxy-authorization", "password", "headers"})
+_threshold = _LEVELS["info"]
+
+
+def redact(text: str) -> str:
+    """Quita credenciales de URLs contenidas en ``text`` (``https://user:pw@host`` -> ``https://***@host``)."""
+    if "@" not in text:
+        return text
+    return _CREDENTIALS_IN_URL.sub(r"\g<scheme>***@", text)
+
+
+class EventLogFile:
+    """Archivo de eventos en modo append, reabrible, que nunca hace caer al daemon.
+
+    ``write`` hace un único write(2) por evento. Si el disco se llena o falla la escritura,
+    el evento se descarta y se avisa por stderr (como mucho una vez cada 10 s).
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._last_error_report = 0.0
+        self.dropped = 0
+        self.reopen()
+
+    def reopen(self) -> None:
+        """Cierra y vuelve a abrir el archivo (tras logrotate)."""
+        with self._lock:
+            old, self._fd = self._fd, None
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            if old is not None:
+                os.close(old)
+
+    def write(self, data: bytes) -> None:
+        fd = self._fd
+        if fd is None:
+            return
+        try:
+            written = os.write(fd, data)
+            if written != len(data):  # escritura parcial (disco casi lleno): no dejar una línea rota
+                raise OSError(28, "short write to event log")
+        except OSError as exc:
+            self.dropped += 1
+            now = time.monotonic()
+            if now - self._last_error_report > 10:
+                self._last_error_report = now
+                sys.stderr.write(
+                    f"videonote-dl: cannot write event log {self.path}: {exc.strerror or exc}; "
+                    f"{self.dropped} event(s) dropped so far, downloads continue\n"
+                )
+
+    def flush(self) -> None:
+        """Nada que vaciar: cada evento ya fue un write(2)."""
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+_log_file: EventLogFile | None = None
+_stderr_enabled = True
+
+
+def _timestamp(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    event_dict["ts"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return event_dict
+
+
+def _filter_level(_logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    if _LEVELS.get(method, 20) < _threshold:
+        raise structlog.DropEvent
+    event_dict["level"] = "warning" if method == "warn" else method
+    return event_dict
+
+
+def _scrub_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            if "@" in value:
+                event_dict[key] = redact(value)
+        elif key.lower() in _SECRET_KEYS:
+            event_dict[key] = "***"
+    for key in _SECRET_KEYS & event_dict.keys():
+        event_dict[key] = "***"
+    return event_dict
+
+
+def _order_keys(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> dict[str, Any]:
+    ordered: dict[str, Any] = {"ts": event_dict.pop("ts"), "level": event_dict.pop("level"),
+                               "event": event_dict.pop("event")}
+    cid = event_dict.pop("correlation_id", None)
+    if cid is not None:
+        ordered["correlation_id"] = cid
+    ordered.update(event_dict)
+    return ordered
+
+
+def _echo_to_stderr(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    if _stderr_enabled:
+        extras = " ".join(
+            f"{k}={v}" for k, v in event_dict.items() if k not in ("ts", "level", "event", "correlation_id")
+        )
+        cid = event_dict.get("correlation_id")
+        prefix = f"[{cid}] " if cid else ""
+        line = f"{event_dict['level'].upper():7} {event_dict['event']} {prefix}{extras}".rstrip()
+        try:
+            sys.stderr.write(line.replace("\n", "\\n") + "\n")
+        except (OSError, ValueError):
+            pass
+    return event_dict
+
+
+def _serialize(event_dict: MutableMapping[str, Any], **_kw: Any) -> bytes:
+    return orjson.dumps(event_dict, default=str, option=orjson.OPT_NON_STR_KEYS)
+
+
+def configure_events(event_log: Path | None, level: str = "info", stderr: bool = True) -> EventLogFile:
+    """Configura structlog para todo el proceso (una sola vez; llamadas siguientes reemplazan el archivo)."""
+    global _log_file, _stderr_enabled
+    set_log_level(level)
+    _stderr_enabled = stderr
+    if _log_file is not None:
+        _log_file.close()
+    _log_file = EventLogFile(event_log)
+    structlog.reset_defaults()
+    structlog.configure(
+        processors=[
+            _filter_level,
+            structlog.contextvars.merge_contextvars,
+            _timestamp,
+            _scrub_secrets,
+            _order_keys,
+            _echo_to_stderr,
+            structlog.processors.JSONRenderer(serializer=_serialize),
+        ],
+        logger_factory=structlog.BytesLoggerFactory(file=_log_file),
+        wrapper_class=structlog.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    return _log_file
+
+
+def set_log_level(level: str) -> None:
+    """Cambia el nivel mínimo en caliente (SIGHUP)."""
+    global _threshold
+    _threshold = _LEVELS[level.lower()]
+
+
+def reopen_event_log() -> None:
+    """Reabre el registro de eventos (logrotate movió el archivo)."""
+    if _log_file is not None:
+        _log_file.reopen()
+
+
+def get_logger(**initial: Any) -> Any:
+    """Devuelve un logger de structlog; ``initial`` se enlaza a cada evento que emita."""
+    return structlog.get_logger(**initial)
+
+
+def bind_correlation_id(correlation_id: str | None) -> None:
+    """Enlaza el id de correlación al contexto de la tarea (o hilo) actual."""
+    if correlation_id is None:
+        structlog.contextvars.unbind_contextvars("correlation_id")
+    else:
+        structlog.contextvars.bind_contextvars(correlation_id=correlation_id)

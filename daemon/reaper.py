@@ -1,0 +1,188 @@
+"""El recolector: borra directorios temporales rancios que un fallo o un kill dejó atrás.
+
+Una pasada recorre la raíz temporal y, para cada ``videonote_dl_*`` (y ``videonote_*``):
+
+- lo deja si es de un trabajo vivo (``skip_ids``), si es joven (``max_age``) o si alguien
+  tiene su ``flock`` (la misma regla que systemd-tmpfiles);
+- un enlace simbólico se desenlaza, nunca se sigue; todo se opera relativo al descriptor de
+  la raíz, así que nada fuera de ella se toca;
+- una entrada que desaparece a mitad de pasada no es un error; un error de permisos es un
+  evento, no una caída.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from daemon.events import get_logger
+from daemon.temp_manager import DOWNLOAD_DIR_PREFIX, TEMP_DIR_PREFIX
+
+__all__ = ["ReapReport", "ReapedEntry", "reap_temp_root"]
+
+_log = get_logger()
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(slots=True)
+class ReapedEntry:
+    """Una entrada borrada (o que se borraría, en ``dry_run``)."""
+
+    name: str
+    correlation_id: str | None
+    age: float
+    bytes_freed: int
+    kind: str
+
+
+@dataclass(slots=True)
+class ReapReport:
+    """Resumen de una pasada."""
+
+    removed: list[ReapedEntry] = field(default_factory=list)
+    locked: int = 0
+    live: int = 0
+    young: int = 0
+    vanished: int = 0
+    errors: int = 0
+    duration: float = 0.0
+    dry_run: bool = False
+
+    @property
+    def bytes_freed(self) -> int:
+        return sum(entry.bytes_freed for entry in self.removed)
+
+
+def _correlation_id_of(name: str) -> str | None:
+    if name.startswith(DOWNLOAD_DIR_PREFIX):
+        return name[len(DOWNLOAD_DIR_PREFIX):]
+    return None
+
+
+def _tree_size(name: str, root_fd: int) -> int:
+    """Bytes ocupados por los archivos bajo ``name`` (sin seguir enlaces)."""
+    total = 0
+    try:
+        for _dirpath, _dirs, files, dir_fd in os.fwalk(name, dir_fd=root_fd):
+            for file_name in files:
+                try:
+                    total += os.stat(file_name, dir_fd=dir_fd, follow_symlinks=False).st_size
+                except OSError:
+                    continue
+    except OSError:
+        pass
+    return total
+
+
+def reap_temp_root(
+    root: Path,
+    max_age: float,
+    skip_ids: frozenset[str] | set[str] = frozenset(),
+    dry_run: bool = False,
+    now: float | None = None,
+) -> ReapReport:
+    """Hace una pasada sobre ``root`` y devuelve lo que borró (o borraría)."""
+    started = time.monotonic()
+    now = time.time() if now is None else now
+    report = ReapReport(dry_run=dry_run)
+    try:
+        root_fd = os.open(root, _DIR_FLAGS)
+    except FileNotFoundError:
+        return report
+    try:
+        with os.scandir(root_fd) as entries:
+            names = [e.name for e in entries if e.name.startswith(TEMP_DIR_PREFIX)]
+        for name in names:
+            _reap_entry(name, root, root_fd, max_age, skip_ids, dry_run, now, report)
+    finally:
+        os.close(root_fd)
+    report.duration = time.monotonic() - started
+    _log.info(
+        "reaper.pass",
+        temp_root=str(root),
+        removed=len(report.removed),
+        bytes_freed=report.bytes_freed,
+        locked=report.locked,
+        live=report.live,
+        young=report.young,
+        vanished=report.vanished,
+        errors=report.errors,
+        dry_run=dry_run,
+        duration_ms=round(report.duration * 1000, 1),
+    )
+    return report
+
+
+def _reap_entry(
+    name: str,
+    root: Path,
+    root_fd: int,
+    max_age: float,
+    skip_ids: frozenset[str] | set[str],
+    dry_run: bool,
+    now: float,
+    report: ReapReport,
+) -> None:
+    correlation_id = _correlation_id_of(name)
+    if correlation_id is not None and correlation_id in skip_ids:
+        report.live += 1
+        return
+    try:
+        st = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
+        age = now - st.st_mtime
+        if age < max_age:
+            report.young += 1
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            # Enlace simbólico o archivo suelto: se desenlaza, jamás se sigue.
+            if not dry_run:
+                os.unlink(name, dir_fd=root_fd)
+            _record(report, name, root, correlation_id, age, 0, "symlink" if stat.S_ISLNK(st.st_mode) else "file")
+            return
+        dir_fd = os.open(name, _DIR_FLAGS, dir_fd=root_fd)
+        try:
+            try:
+                fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    report.locked += 1
+                    return
+                raise
+            size = _tree_size(name, root_fd)
+            if not dry_run:
+                # rmtree con dir_fd es resistente a ataques de enlaces y rechaza un enlace en la cima.
+                shutil.rmtree(name, dir_fd=root_fd)
+            _record(report, name, root, correlation_id, age, size, "dir")
+        finally:
+            os.close(dir_fd)
+    except FileNotFoundError:
+        report.vanished += 1
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # cambiado por un enlace entre stat y open: se verá en la próxima pasada
+            report.vanished += 1
+            return
+        report.errors += 1
+        _log.warning(
+            "reaper.error", correlation_id=correlation_id, path=str(root / name), error=exc.strerror or str(exc)
+        )
+
+
+def _record(
+    report: ReapReport, name: str, root: Path, correlation_id: str | None, age: float, size: int, kind: str
+) -> None:
+    report.removed.append(ReapedEntry(name, correlation_id, age, size, kind))
+    _log.info(
+        "reaper.removed",
+        correlation_id=correlation_id,
+        path=str(root / name),
+        kind=kind,
+        age_s=round(age, 1),
+        bytes_freed=size,
+        dry_run=report.dry_run,
+    )

@@ -1,0 +1,69 @@
+"""Conversión de duraciones y tamaños con unidades (``500ms``, ``10m``, ``16KiB``, ``2GiB``)."""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["format_duration", "format_size", "parse_duration", "parse_size"]
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+    "k": 1024, "m": 1024**2, "g": 1024**3,
+}
+_NUMBER_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+
+
+def parse_duration(value: object) -> float:
+    """Devuelve segundos. Acepta números (segundos) o texto con unidad: ms, s, m, h, d."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 500ms, 30s, 10m or 1h, got a boolean")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"a duration cannot be negative: {value}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected a duration like 500ms, 30s, 10m or 1h, got {type(value).__name__}")
+    match = _NUMBER_UNIT.match(value)
+    if not match or match.group(2).lower() not in _DURATION_UNITS | {"": 1.0}:
+        raise ValueError(f"{value!r} is not a duration; use a number with ms, s, m, h or d (e.g. 30s)")
+    unit = match.group(2).lower() or "s"
+    return float(match.group(1)) * _DURATION_UNITS[unit]
+
+
+def parse_size(value: object) -> int:
+    """Devuelve bytes. Acepta enteros o texto con unidad: B, KB/MB/GB (10^3), KiB/MiB/GiB (2^10)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size like 16KiB, 500MB or 2GiB, got a boolean")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"a size cannot be negative: {value}")
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected a size like 16KiB, 500MB or 2GiB, got {type(value).__name__}")
+    match = _NUMBER_UNIT.match(value)
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"{value!r} is not a size; use a number with B, KB, MB, GB, KiB, MiB or GiB")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def format_size(size: float) -> str:
+    """Tamaño legible para personas (binario): ``1.5 MiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def format_duration(seconds: float) -> str:
+    """Duración legible para personas: ``850ms``, ``12.3s``, ``4m05s``, ``2h03m``."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
