@@ -26,3 +26,68 @@ lint: $(STAMP)
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache
+
+# ---------------------------------------------------------------------------------------------
+# make install / make uninstall: el daemon como servicio de sistema (docs/operations.md).
+#   make install [PREFIX=/usr/local] [DESTDIR=] [INSTALL_PYTHON=/usr/bin/python3]
+#                [PIP_INSTALL_ARGS='--no-index --find-links=DIR']   # instalación sin red
+# El proyecto va a un venv propio en $(PREFIX)/lib/videonote-dl, creado con INSTALL_PYTHON (el
+# python del sistema: uno bajo /root o /home no serviría con ProtectHome=yes), con un enlace en
+# $(PREFIX)/bin. La unidad se instala con ExecStart= reescrito a ese enlace. Con PREFIX fuera de
+# /usr y /usr/local, systemd no buscaría en $(PREFIX)/lib/systemd: unidad, sysusers.d y
+# tmpfiles.d van entonces bajo $(SYSCONFDIR). Nunca se pisa un config.yaml existente.
+# Con DESTDIR (empaquetado) se corrigen las rutas que el venv graba (shebangs, pyvenv.cfg, .pyc).
+INSTALL_PYTHON   ?= /usr/bin/python3
+PIP_INSTALL_ARGS ?=
+SYSCONFDIR       ?= /etc
+BINDIR           ?= $(PREFIX)/bin
+INSTALL_VENV     ?= $(PREFIX)/lib/videonote-dl
+SYSTEMD_BASE     := $(if $(filter /usr /usr/local,$(PREFIX)),$(PREFIX)/lib,$(SYSCONFDIR))
+UNITDIR          ?= $(SYSTEMD_BASE)/systemd/system
+SYSUSERSDIR      ?= $(SYSTEMD_BASE)/sysusers.d
+TMPFILESDIR      ?= $(SYSTEMD_BASE)/tmpfiles.d
+LOGROTATEDIR     ?= $(SYSCONFDIR)/logrotate.d
+BASHCOMPDIR      ?= $(PREFIX)/share/bash-completion/completions
+BASH_COMPLETION  ?= $(firstword $(wildcard systemd/videonote-dl.bash-completion systemd/videonote-dl.bash \
+                      completions/videonote-dl.bash daemon/completion/videonote-dl.bash))
+
+.PHONY: install uninstall
+
+install:
+	test -x $(INSTALL_PYTHON)
+	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(BINDIR)
+	$(INSTALL_PYTHON) -m venv $(DESTDIR)$(INSTALL_VENV)
+	$(DESTDIR)$(INSTALL_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+		$(PIP_INSTALL_ARGS) $(CURDIR)
+	if [ -n "$(DESTDIR)" ]; then \
+		grep -rlF -- "$(DESTDIR)$(INSTALL_VENV)" $(DESTDIR)$(INSTALL_VENV)/bin \
+			$(DESTDIR)$(INSTALL_VENV)/pyvenv.cfg | xargs -r sed -i "s|$(DESTDIR)$(INSTALL_VENV)|$(INSTALL_VENV)|g"; \
+		$(DESTDIR)$(INSTALL_VENV)/bin/python -m compileall -q -f -s "$(DESTDIR)" -p / \
+			$(DESTDIR)$(INSTALL_VENV)/lib >/dev/null; \
+	fi
+	ln -sfn $(INSTALL_VENV)/bin/videonote-dl $(DESTDIR)$(BINDIR)/videonote-dl
+	install -d $(DESTDIR)$(UNITDIR)
+	sed -e 's|/usr/local/bin/videonote-dl|$(BINDIR)/videonote-dl|g' \
+		-e 's|/etc/videonote-dl/config.yaml|$(SYSCONFDIR)/videonote-dl/config.yaml|g' \
+		systemd/videonote-dl.service >$(DESTDIR)$(UNITDIR)/videonote-dl.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/videonote-dl.service
+	install -D -m 0644 systemd/videonote-dl.sysusers $(DESTDIR)$(SYSUSERSDIR)/videonote-dl.conf
+	install -D -m 0644 systemd/videonote-dl.tmpfiles $(DESTDIR)$(TMPFILESDIR)/videonote-dl.conf
+	install -D -m 0644 systemd/videonote-dl.logrotate $(DESTDIR)$(LOGROTATEDIR)/videonote-dl
+	if [ -e $(DESTDIR)$(SYSCONFDIR)/videonote-dl/config.yaml ]; then \
+		echo "kept existing $(DESTDIR)$(SYSCONFDIR)/videonote-dl/config.yaml"; \
+	else \
+		install -D -m 0644 systemd/config.yaml $(DESTDIR)$(SYSCONFDIR)/videonote-dl/config.yaml; \
+	fi
+	if [ -n "$(BASH_COMPLETION)" ]; then \
+		install -D -m 0644 $(BASH_COMPLETION) $(DESTDIR)$(BASHCOMPDIR)/videonote-dl; \
+	fi
+	@echo "installed; now: systemd-sysusers && systemd-tmpfiles --create && systemctl daemon-reload" \
+		"&& systemctl enable --now videonote-dl"
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/videonote-dl $(DESTDIR)$(UNITDIR)/videonote-dl.service \
+		$(DESTDIR)$(SYSUSERSDIR)/videonote-dl.conf $(DESTDIR)$(TMPFILESDIR)/videonote-dl.conf \
+		$(DESTDIR)$(LOGROTATEDIR)/videonote-dl $(DESTDIR)$(BASHCOMPDIR)/videonote-dl
+	rm -rf $(DESTDIR)$(INSTALL_VENV)
+	@echo "uninstalled; kept $(SYSCONFDIR)/videonote-dl, /var/lib/videonote-dl, /var/log/videonote-dl and the user"

@@ -247,6 +247,13 @@ def _apply(document: Mapping[str, Any], path: Path) -> Settings:
                 raise ConfigError(f"{path}: key '{key}' must be a mapping of its sub-keys")
             for sub_key, sub_value in value.items():
                 sections[key][sub_key] = _convert(f"{key}.{sub_key}", sub_value, path)
+        elif "." in str(key) and str(key).split(".", 1)[0] in _SECTIONS:
+            # ``download.timeout: 5s`` en la raíz: se rechaza con un mensaje que dice cómo anidarla.
+            section, sub_key = str(key).split(".", 1)
+            raise ConfigError(
+                f"{path}: unknown key '{key}' at the top level; nest it instead: "
+                f"'{section}:' and, indented on the next line, '{sub_key}: ...'"
+            )
         else:
             top[key] = _convert(str(key), value, path)
     built = {name: cls(**sections[name]) for name, cls in _SECTIONS.items()}

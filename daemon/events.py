@@ -55,7 +55,7 @@ class EventLogFile:
         self.path = path
         self._lock = threading.Lock()
         self._fd: int | None = None
-        self._last_error_report = 0.0
+        self._last_error_report = float("-inf")  # el primer fallo se avisa siempre
         self.dropped = 0
         self.reopen()
 
@@ -70,11 +70,15 @@ class EventLogFile:
                 os.close(old)
 
     def write(self, data: bytes) -> None:
-        fd = self._fd
-        if fd is None:
-            return
         try:
-            written = os.write(fd, data)
+            # Bajo el cerrojo: ``reopen`` no puede cerrar el descriptor entre leerlo y escribir
+            # (su número podría reutilizarse para otro archivo y el evento acabaría allí).
+            # structlog ya serializa las escrituras de este objeto, así que no añade espera.
+            with self._lock:
+                fd = self._fd
+                if fd is None:
+                    return
+                written = os.write(fd, data)
             if written != len(data):  # escritura parcial (disco casi lleno): no dejar una línea rota
                 raise OSError(28, "short write to event log")
         except OSError as exc:
@@ -113,15 +117,29 @@ def _filter_level(_logger: Any, method: str, event_dict: MutableMapping[str, Any
     return event_dict
 
 
+def _scrub_value(value: Any) -> Any:
+    # Recorre también dicts, listas y excepciones: un ``error={"message": "GET https://u:pw@h ..."}``
+    # no debe filtrar la contraseña.
+    if isinstance(value, str):
+        return redact(value) if "@" in value else value
+    if isinstance(value, dict):
+        return {
+            k: "***" if isinstance(k, str) and k.lower() in _SECRET_KEYS else _scrub_value(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_scrub_value(item) for item in value]
+    if isinstance(value, BaseException):
+        return redact(str(value))
+    return value
+
+
 def _scrub_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in event_dict.items():
-        if isinstance(value, str):
-            if "@" in value:
-                event_dict[key] = redact(value)
-        elif key.lower() in _SECRET_KEYS:
+        if key.lower() in _SECRET_KEYS:
             event_dict[key] = "***"
-    for key in _SECRET_KEYS & event_dict.keys():
-        event_dict[key] = "***"
+        elif not isinstance(value, int | float | bool | None):
+            event_dict[key] = _scrub_value(value)
     return event_dict
 
 
@@ -160,7 +178,11 @@ def configure_events(event_log: Path | None, level: str = "info", stderr: bool =
     set_log_level(level)
     _stderr_enabled = stderr
     if _log_file is not None:
-        _log_file.close()
+        # Los loggers ya cacheados (``cache_logger_on_first_use``) guardan este mismo objeto:
+        # se le cambia la ruta y se reabre; sustituirlo los dejaría escribiendo en un archivo cerrado.
+        _log_file.path = event_log
+        _log_file.reopen()
+        return _log_file
     _log_file = EventLogFile(event_log)
     structlog.reset_defaults()
     structlog.configure(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 __all__ = ["format_duration", "format_size", "parse_duration", "parse_size"]
@@ -21,6 +22,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration like 500ms, 30s, 10m or 1h, got a boolean")
     if isinstance(value, int | float):
+        if not math.isfinite(value):  # YAML admite .nan y .inf: no son duraciones
+            raise ValueError(f"a duration must be a finite number of seconds, got {value}")
         if value < 0:
             raise ValueError(f"a duration cannot be negative: {value}")
         return float(value)

@@ -1,0 +1,32 @@
+"""Defensa contra SSRF: qué direcciones puede tocar una descarga.
+
+Con ``allow_private_networks: false`` se rechaza toda dirección que no sea global: loopback,
+privadas, enlace local (incluida la de metadatos 169.254.169.254), CGNAT, multicast,
+reservadas, no especificadas y las IPv4 mapeadas en IPv6. La comprobación se hace sobre la
+dirección resuelta en el momento de conectar, en cada salto de redirección.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+__all__ = ["forbidden_reason"]
+
+
+def forbidden_reason(address: str) -> str | None:
+    """Por qué ``address`` no se puede usar sin ``allow_private_networks``; None si es pública."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0].strip("[]"))
+    except ValueError:
+        return f"{address!r} is not an IP address"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return f"{ip} is a loopback address"
+    if ip.is_link_local:
+        return f"{ip} is a link-local address (cloud metadata lives here)"
+    if ip.is_private:
+        return f"{ip} is a private address"
+    if ip.is_multicast or ip.is_reserved or ip.is_unspecified or not ip.is_global:
+        return f"{ip} is not a public address"
+    return None

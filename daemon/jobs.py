@@ -1,0 +1,380 @@
+"""Archivos de trabajo: lectura segura, análisis estricto y validación campo a campo.
+
+Un archivo de trabajo se lee con O_NOFOLLOW|O_NONBLOCK (un FIFO nunca bloquea al daemon), debe
+ser un archivo regular con un solo enlace y de como mucho 64 KiB, texto UTF-8, y se analiza como
+JSON (``.json``) o como YAML sin alias, anclas ni etiquetas (``.yaml``/``.yml``). Cualquier otra
+cosa es ``JobRejected`` con un motivo que dice qué corregir.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import yaml
+
+from daemon.ids import CORRELATION_ID_PATTERN, new_correlation_id
+from daemon.units import parse_duration, parse_size
+
+__all__ = [
+    "JOB_FIELDS",
+    "JOB_FILE_MAX_BYTES",
+    "JOB_SUFFIXES",
+    "JobLimits",
+    "JobRejected",
+    "JobSpec",
+    "is_candidate_name",
+    "load_job_document",
+    "parse_job",
+    "read_job_file",
+    "validate_bare_name",
+]
+
+JOB_FILE_MAX_BYTES = 64 * 1024
+JOB_SUFFIXES = (".yaml", ".yml", ".json")
+DOWNLOADERS = ("auto", "http", "ytdlp")
+JOB_FIELDS = (
+    "url", "id", "downloader", "filename", "output_dir", "sha256", "max_bytes", "timeout",
+    "retries", "format", "priority", "playlist", "headers",
+)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_MAX_URL = 8192
+_MAX_DEPTH = 8
+
+
+class JobRejected(Exception):
+    """El archivo no se puede aceptar; ``reason`` dice qué corregir."""
+
+    def __init__(self, reason: str, job_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.job_id = job_id
+
+
+@dataclass(frozen=True, slots=True)
+class JobLimits:
+    """Lo que la configuración permite a un trabajo."""
+
+    allowed_schemes: tuple[str, ...] = ("http", "https")
+    max_bytes: int = 10 * 1024**3
+    ytdlp_enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """Un trabajo validado."""
+
+    id: str
+    url: str
+    downloader: str = "auto"
+    filename: str | None = None
+    output_dir: str | None = None
+    sha256: str | None = None
+    max_bytes: int | None = None
+    timeout: float | None = None
+    retries: int | None = None
+    format: str | None = None
+    priority: int = 0
+    playlist: bool = False
+    headers: tuple[tuple[str, str], ...] = ()
+    id_source: str = "explicit"  # explicit | stem | generated
+    file_sha256: str = ""
+
+    def to_record(self) -> dict[str, Any]:
+        """Forma para registros y eventos: sin credenciales ni cabeceras."""
+        from daemon.events import redact
+
+        record: dict[str, Any] = {"id": self.id, "url": redact(self.url), "downloader": self.downloader}
+        for name in ("filename", "output_dir", "sha256", "max_bytes", "timeout", "retries", "format"):
+            value = getattr(self, name)
+            if value is not None:
+                record[name] = value
+        if self.priority:
+            record["priority"] = self.priority
+        if self.playlist:
+            record["playlist"] = True
+        if self.headers:
+            record["headers"] = sorted(name for name, _ in self.headers)
+        return record
+
+
+def is_candidate_name(name: str) -> bool:
+    """Si un nombre en incoming/ ya es una entrega (no un temporal de un productor)."""
+    return not name.startswith(".") and not name.endswith(".tmp")
+
+
+def read_job_file(name: str, dir_fd: int) -> tuple[bytes, os.stat_result]:
+    """Lee un archivo reclamado sin seguir enlaces ni bloquearse; valida tipo, enlaces y tamaño."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise JobRejected("the job file is a symbolic link; write a regular file into incoming/") from None
+        if exc.errno in (errno.ENXIO, errno.EOPNOTSUPP):
+            raise JobRejected("the job file is a socket, not a regular file; write a regular file") from None
+        raise JobRejected(f"cannot open the job file: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = (
+                "a directory" if stat.S_ISDIR(st.st_mode) else
+                "a FIFO" if stat.S_ISFIFO(st.st_mode) else
+                "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else
+                "not a regular file"
+            )
+            raise JobRejected(f"the job file is {kind}; write a regular file into incoming/")
+        if st.st_nlink > 1:
+            raise JobRejected(
+                "the job file has other hard links; write a new file in spool/tmp/ and rename it into incoming/"
+            )
+        if st.st_size > JOB_FILE_MAX_BYTES:
+            raise JobRejected(
+                f"the job file is {st.st_size} bytes; the limit is {JOB_FILE_MAX_BYTES} bytes (64 KiB)"
+            )
+        chunks = []
+        remaining = JOB_FILE_MAX_BYTES + 1
+        while remaining > 0:
+            chunk = os.read(fd, remaining)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > JOB_FILE_MAX_BYTES:
+            raise JobRejected(f"the job file grew past the limit of {JOB_FILE_MAX_BYTES} bytes (64 KiB)")
+        return data, st
+    finally:
+        os.close(fd)
+
+
+def _check_yaml_events(text: str) -> None:
+    """Rechaza alias, anclas, etiquetas explícitas y anidamiento profundo antes de construir nada."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    depth = 0
+    for event in yaml.parse(text, Loader=loader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise JobRejected("YAML anchors and aliases (&x, *x) are not allowed in job files; write values out")
+        if getattr(event, "tag", None) is not None:
+            raise JobRejected(f"YAML tags like {event.tag!r} are not allowed in job files; use plain values")
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > _MAX_DEPTH:
+                raise JobRejected(f"the job file nests deeper than {_MAX_DEPTH} levels; use a flat mapping")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def load_job_document(data: bytes, suffix: str) -> Any:
+    """Convierte los bytes de un archivo de trabajo en un documento (JSON o YAML estricto)."""
+    if b"\x00" in data:
+        raise JobRejected("the job file contains NUL bytes; it must be UTF-8 text (YAML or JSON)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise JobRejected(f"the job file is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if suffix == ".json":
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise JobRejected(f"not valid JSON: {exc}") from None
+    try:
+        _check_yaml_events(text)
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        documents = list(yaml.load_all(text, Loader=loader))
+    except JobRejected:
+        raise
+    except yaml.YAMLError as exc:
+        detail = str(exc).replace("\n", " ")
+        raise JobRejected(f"not valid YAML: {detail[:300]}") from None
+    except (RecursionError, ValueError, OverflowError) as exc:
+        raise JobRejected(f"not a valid job document: {type(exc).__name__}") from None
+    if len(documents) != 1:
+        raise JobRejected(f"the job file holds {len(documents)} YAML documents; put exactly one job in a file")
+    return documents[0]
+
+
+def validate_bare_name(value: Any, field: str) -> str:
+    """Un nombre de archivo simple: sin rutas, sin control, sin empezar por punto, ≤ 200 bytes."""
+    if not isinstance(value, str):
+        raise JobRejected(f"'{field}' must be a string, got {type(value).__name__}")
+    if (
+        not value
+        or value in (".", "..")
+        or "/" in value
+        or "\\" in value
+        or _CONTROL.search(value)
+        or value.startswith(".")
+        or len(value.encode("utf-8")) > 200
+    ):
+        raise JobRejected(
+            f"'{field}' must be a bare file name (no '/', no leading '.', no control characters, "
+            f"at most 200 bytes), like clip.mp4; got {value[:80]!r}"
+        )
+    return value
+
+
+def _validate_url(value: Any, limits: JobLimits) -> str:
+    if not isinstance(value, str) or not value:
+        raise JobRejected("'url' must be a non-empty string like https://example.org/file.mp4")
+    if len(value) > _MAX_URL:
+        raise JobRejected(f"'url' is longer than {_MAX_URL} characters")
+    if _CONTROL.search(value) or " " in value:
+        raise JobRejected("'url' contains spaces or control characters; percent-encode them")
+    if value.startswith("-"):
+        raise JobRejected("'url' must start with a scheme like https://, not '-'")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise JobRejected(f"'url' is not a valid URL: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in limits.allowed_schemes:
+        raise JobRejected(
+            f"URL scheme {scheme or '(none)'!r} is not allowed; allowed: {', '.join(limits.allowed_schemes)}"
+        )
+    if not parts.hostname:
+        raise JobRejected("'url' has no host; write a full URL like https://example.org/file.mp4")
+    if port == 0:
+        raise JobRejected("'url' has port 0")
+    return value
+
+
+def _validate_output_dir(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise JobRejected("'output_dir' must be a relative folder name like cats or cats/2026")
+    path = PurePosixPath(value)
+    if path.is_absolute() or "\\" in value or _CONTROL.search(value):
+        raise JobRejected(f"'output_dir' must be relative to the output root, like cats; got {value[:80]!r}")
+    parts = [p for p in path.parts if p != "."]
+    if not parts or len(parts) > 8:
+        raise JobRejected("'output_dir' must name 1 to 8 nested folders inside the output root")
+    for part in parts:
+        if part == ".." or part.startswith("."):
+            raise JobRejected(f"'output_dir' may not contain '..' or hidden folders; got {value[:80]!r}")
+        validate_bare_name(part, "output_dir")
+    return "/".join(parts)
+
+
+def _validate_int(value: Any, field: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise JobRejected(f"'{field}' must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+def _validate_text(value: Any, field: str, max_len: int) -> str:
+    if not isinstance(value, str) or not value or len(value) > max_len or _CONTROL.search(value):
+        raise JobRejected(f"'{field}' must be a string of 1 to {max_len} printable characters")
+    return value
+
+
+def _validate_headers(value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict) or len(value) > 32:
+        raise JobRejected("'headers' must be a mapping of at most 32 header names to string values")
+    headers = []
+    for name, header_value in value.items():
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            raise JobRejected(f"header name {str(name)[:40]!r} is not a valid HTTP header name")
+        if name.lower() in ("host", "content-length", "transfer-encoding", "connection", "range", "if-range"):
+            raise JobRejected(f"header {name!r} is set by the downloader and cannot be given in a job")
+        if not isinstance(header_value, str) or _CONTROL.search(header_value) or len(header_value) > 4096:
+            raise JobRejected(f"header {name!r} must be a single-line string of at most 4096 characters")
+        headers.append((name, header_value))
+    return tuple(headers)
+
+
+def parse_job(data: bytes, file_name: str, limits: JobLimits) -> JobSpec:
+    """Valida un archivo de trabajo ya leído; devuelve ``JobSpec`` o lanza ``JobRejected``."""
+    suffix = os.path.splitext(file_name)[1].lower()
+    if suffix not in JOB_SUFFIXES:
+        raise JobRejected(
+            f"job files must be named NAME.yaml, NAME.yml or NAME.json; {file_name[:80]!r} has another suffix"
+        )
+    document = load_job_document(data, suffix)
+    if not isinstance(document, dict):
+        raise JobRejected("a job file must be a mapping with at least 'url:'; see docs/jobs.md")
+    unknown = [str(k) for k in document if k not in JOB_FIELDS]
+    if unknown:
+        raise JobRejected(f"unknown key(s) {', '.join(sorted(unknown))[:200]}; allowed: {', '.join(JOB_FIELDS)}")
+    if "url" not in document:
+        raise JobRejected("the job has no 'url'; add a line like url: https://example.org/file.mp4")
+    fields: dict[str, Any] = {"url": _validate_url(document["url"], limits)}
+    stem = file_name[: -len(suffix)]
+    if "id" in document:
+        if not isinstance(document["id"], str) or not CORRELATION_ID_PATTERN.fullmatch(document["id"]):
+            raise JobRejected(
+                f"'id' {str(document['id'])[:80]!r} is not valid: use 1 to 64 characters from A-Z, a-z, 0-9, _ and -"
+            )
+        fields["id"], fields["id_source"] = document["id"], "explicit"
+    elif CORRELATION_ID_PATTERN.fullmatch(stem):
+        fields["id"], fields["id_source"] = stem, "stem"
+    else:
+        fields["id"], fields["id_source"] = new_correlation_id(), "generated"
+    job_id = fields["id"]
+    try:
+        _validate_optional_fields(document, fields, limits)
+    except JobRejected as exc:
+        exc.job_id = job_id
+        raise
+    fields["file_sha256"] = hashlib.sha256(data).hexdigest()
+    return JobSpec(**fields)
+
+
+def _validate_optional_fields(document: dict[Any, Any], fields: dict[str, Any], limits: JobLimits) -> None:
+    downloader = document.get("downloader", "auto")
+    if downloader not in DOWNLOADERS:
+        raise JobRejected(f"'downloader' must be one of {', '.join(DOWNLOADERS)}, got {str(downloader)[:40]!r}")
+    if downloader == "ytdlp" and not limits.ytdlp_enabled:
+        raise JobRejected("the yt-dlp downloader is disabled in this daemon's config (ytdlp.enabled: false)")
+    fields["downloader"] = downloader
+    if "filename" in document:
+        fields["filename"] = validate_bare_name(document["filename"], "filename")
+    if "output_dir" in document:
+        fields["output_dir"] = _validate_output_dir(document["output_dir"])
+    if "sha256" in document:
+        value = document["sha256"]
+        if not isinstance(value, str) or not _SHA256.fullmatch(value):
+            raise JobRejected("'sha256' must be 64 hexadecimal characters")
+        fields["sha256"] = value.lower()
+    if "max_bytes" in document:
+        try:
+            size = parse_size(document["max_bytes"])
+        except ValueError as exc:
+            raise JobRejected(f"'max_bytes': {exc}") from None
+        if size <= 0:
+            raise JobRejected("'max_bytes' must be above zero")
+        fields["max_bytes"] = min(size, limits.max_bytes)
+    if "timeout" in document:
+        try:
+            seconds = parse_duration(document["timeout"])
+        except ValueError as exc:
+            raise JobRejected(f"'timeout': {exc}") from None
+        if not 0 < seconds <= 86400:
+            raise JobRejected("'timeout' must be above zero and at most 24h")
+        fields["timeout"] = seconds
+    if "retries" in document:
+        fields["retries"] = _validate_int(document["retries"], "retries", 0, 100)
+    if "priority" in document:
+        fields["priority"] = _validate_int(document["priority"], "priority", -1000, 1000)
+    if "format" in document:
+        if downloader == "http":
+            raise JobRejected("'format' is a yt-dlp format selector; it needs downloader: ytdlp or auto")
+        fields["format"] = _validate_text(document["format"], "format", 256)
+    if "playlist" in document:
+        if not isinstance(document["playlist"], bool):
+            raise JobRejected("'playlist' must be true or false")
+        fields["playlist"] = document["playlist"]
+    if "headers" in document:
+        fields["headers"] = _validate_headers(document["headers"])
+

@@ -1,0 +1,558 @@
+"""El daemon: cablea spool, vigilante, gestor de descargas, recolector, estado y systemd.
+
+Un solo bucle asyncio hace todo el trabajo; los manejadores de señales sólo marcan eventos.
+SIGHUP recarga la configuración y reabre el registro; SIGTERM/SIGINT paran con gracia
+(``shutdown_grace``), devolviendo a incoming/ lo que no terminó (con sus temporales para
+reanudar); una segunda señal para al instante, devolviendo igual los trabajos.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from daemon import __version__
+from daemon.config import ConfigError, Settings, load_settings, restart_required_changes, settings_diff
+from daemon.downloaders.base import Downloader, DownloadOptions
+from daemon.downloaders.download_lifecycle import cleanup_download
+from daemon.downloaders.download_manager import DownloadManager, DownloadTask, RetryPolicy
+from daemon.downloaders.http import HttpDownloader
+from daemon.events import get_logger, reopen_event_log, set_log_level
+from daemon.jobs import JobLimits, JobRejected, JobSpec, parse_job
+from daemon.reaper import reap_temp_root
+from daemon.spool import Spool
+from daemon.status import write_status
+from daemon.systemd import SystemdNotifier
+from daemon.temp_manager import TempManager
+from daemon.watcher import SpoolWatcher
+
+__all__ = ["Daemon", "run_daemon"]
+
+_log = get_logger()
+_SCAN_INLINE_LIMIT = 2000
+_CLAIM_BATCH = 256
+_CANCEL_FORGET_AFTER = 3600.0
+
+
+class Daemon:
+    """El proceso supervisor. ``await Daemon(settings).run()`` devuelve el código de salida."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.spool = Spool(settings.spool_dir)
+        self.notifier = SystemdNotifier()
+        self.started_at = time.time()
+        self.counts = {"done": 0, "failed": 0, "rejected": 0, "cancelled": 0, "requeued": 0}
+        self.manager: DownloadManager | None = None
+        self.watcher: SpoolWatcher | None = None
+        self._jobs: dict[str, tuple[JobSpec, str, float]] = {}  # id -> (job, nombre reclamado, recibido)
+        self._scan_wanted = asyncio.Event()
+        self._cancel_wanted = asyncio.Event()
+        self._status_dirty = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._stop_now = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._claiming = True
+        self._last_scan = 0.0
+        self._incoming_waiting = 0
+        self._last_incoming_size = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._downloaders: dict[str, Downloader] = {}
+
+    # --- ciclo principal ------------------------------------------------------------------
+    async def run(self) -> int:
+        self._loop = asyncio.get_running_loop()
+        s = self.settings
+        TempManager.set_temp_root(s.temp_dir)
+        s.output_dir.mkdir(parents=True, exist_ok=True)
+        self.spool.prepare()
+        _log.info("daemon.starting", version=__version__, pid=os.getpid(), instance=self.spool.instance,
+                  config=str(s.source) if s.source else "(embedded defaults)", spool=str(s.spool_dir))
+        self._install_signals()
+        self._downloaders = {"http": HttpDownloader()}
+        self._add_ytdlp()
+        self.manager = DownloadManager(
+            self._downloaders, s.output_dir, max_concurrent=s.max_concurrent, temp_root=s.temp_dir,
+            progress_interval=s.download.progress_interval, on_published=self._on_published,
+            on_finished=self._on_finished,
+        )
+        self._recover()
+        self.watcher = SpoolWatcher({"incoming": self.spool.incoming, "cancel": self.spool.cancel}, self._wake)
+        self.watcher.start()
+        workers = [
+            self._spawn(self._scan_loop, "scan"),
+            self._spawn(self._cancel_loop, "cancel"),
+            self._spawn(self._status_loop, "status"),
+            self._spawn(self._reaper_loop, "reaper"),
+            self._spawn(self._health_loop, "health"),
+            self._spawn(self._reload_loop, "reload"),
+        ]
+        if self.notifier.watchdog_interval:
+            interval = self.notifier.watchdog_interval
+            workers.append(self._spawn(lambda: self._watchdog_loop(interval), "watchdog"))
+        self._scan_wanted.set()
+        self._cancel_wanted.set()
+        self.notifier.ready(self._status_text())
+        _log.info("daemon.ready", instance=self.spool.instance, max_concurrent=s.max_concurrent,
+                  temp_dir=str(s.temp_dir), output_dir=str(s.output_dir))
+        await self._stop.wait()
+        await self._shutdown(workers)
+        return 0
+
+    def _spawn(self, loop_factory: Callable[[], Awaitable[None]], name: str) -> asyncio.Task[None]:
+        """Arranca un bucle auxiliar; si lanza, se registra y se vuelve a arrancar."""
+
+        async def guarded() -> None:
+            while True:
+                try:
+                    await loop_factory()
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    _log.exception("daemon.error", where=name, error=repr(exc))
+                    await asyncio.sleep(1.0)
+
+        return asyncio.get_running_loop().create_task(guarded(), name=name)
+
+    def _add_ytdlp(self) -> None:
+        if not self.settings.ytdlp.enabled:
+            return
+        try:
+            from daemon.downloaders.ytdlp import YtdlpDownloader
+        except ImportError as exc:
+            _log.warning("daemon.error", where="ytdlp", error=f"yt-dlp downloader unavailable: {exc}")
+            return
+        self._downloaders["ytdlp"] = YtdlpDownloader(kill_grace=self.settings.ytdlp.kill_grace)
+
+    # --- señales --------------------------------------------------------------------------
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        if os.environ.get("VIDEONOTE_DL_TEST_HOOKS") == "1":
+            # Gancho de pruebas: SIGUSR2 bloquea el bucle (prueba del watchdog de systemd).
+            loop.add_signal_handler(signal.SIGUSR2, lambda: loop.call_soon(time.sleep, 3600))
+
+    def _on_stop_signal(self, sig: signal.Signals) -> None:
+        if self._stop.is_set():
+            self._stop_now.set()
+        self._stop.set()
+        self._claiming = False
+
+    def request_stop(self, immediately: bool = False) -> None:
+        """Para el daemon desde código (pruebas, embebido)."""
+        self._claiming = False
+        self._stop.set()
+        if immediately:
+            self._stop_now.set()
+
+    # --- recuperación tras caída ----------------------------------------------------------
+    def _recover(self) -> None:
+        for source, names in self.spool.orphaned_claims():
+            for name in names:
+                self._recover_one(source, name)
+
+    def _recover_one(self, source: Path, name: str) -> None:
+        job_id = None
+        new_name = None
+        try:
+            data, _st = self._read_any(source / name)
+            job = parse_job(data, name, self._limits())
+            job_id = job.id
+            record = self.spool.terminal_record(job.id)
+            if record is not None and self._record_matches(record, job):
+                # Terminó justo antes de la caída: sólo faltaba retirar el archivo.
+                os.unlink(source / name)
+                cleanup_download(job.id, self.settings.temp_dir)
+                _log.info("job.recovered", correlation_id=job.id, file=name, record=str(record))
+                return
+            suffix = os.path.splitext(name)[1]
+            new_name = f"{job.id}{suffix}" if job.id_source != "explicit" else None
+        except (JobRejected, OSError):
+            pass  # se volverá a examinar (y rechazar con motivo) al reclamarlo
+        try:
+            target = self.spool.requeue(source, name, new_name)
+        except OSError as exc:
+            _log.error("daemon.error", where="recover", file=name, error=exc.strerror or str(exc))
+            return
+        self.counts["requeued"] += 1
+        _log.info("job.requeued", correlation_id=job_id, file=target, reason="recovered after a crash")
+
+    @staticmethod
+    def _read_any(path: Path) -> tuple[bytes, os.stat_result]:
+        from daemon.jobs import read_job_file
+
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return read_job_file(path.name, fd)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _record_matches(record: Path, job: JobSpec) -> bool:
+        import orjson
+
+        try:
+            return orjson.loads(record.read_bytes()).get("job_file_sha256") == job.file_sha256
+        except (OSError, orjson.JSONDecodeError):
+            return False
+
+    # --- escaneo y reclamo ----------------------------------------------------------------
+    def _wake(self, label: str) -> None:
+        """Llamado desde el hilo de watchdog."""
+        loop = self._loop
+        if loop is None:
+            return
+        event = self._cancel_wanted if label == "cancel" else self._scan_wanted
+        loop.call_soon_threadsafe(event.set)
+
+    async def _scan_loop(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.rescan_interval):
+                    await self._scan_wanted.wait()
+            self._scan_wanted.clear()
+            if self._claiming:
+                await self._scan_once()
+
+    async def _scan_once(self) -> None:
+        assert self.manager is not None
+        room = self.settings.max_queued - self.manager.queued
+        if room <= 0:
+            return
+        if self._last_incoming_size > _SCAN_INLINE_LIMIT:
+            entries = await asyncio.get_running_loop().run_in_executor(None, self.spool.scan_incoming)
+        else:
+            entries = self.spool.scan_incoming()
+        self._last_incoming_size = len(entries)
+        self._last_scan = time.time()
+        claimed = 0
+        for entry in entries:
+            if not self._claiming or claimed >= room:
+                break
+            if self.spool.claim(entry.name):
+                claimed += 1
+                self._accept(entry.name)
+                if claimed % _CLAIM_BATCH == 0:
+                    await asyncio.sleep(0)  # dejar respirar al bucle (watchdog, señales)
+        self._incoming_waiting = max(0, len(entries) - claimed)
+        if claimed:
+            self._status_dirty.set()
+
+    def _accept(self, name: str) -> None:
+        """Lee, valida y encola un archivo recién reclamado (o lo rechaza con motivo)."""
+        assert self.manager is not None
+        try:
+            data, _st = self.spool.read_claimed(name)
+            job = parse_job(data, name, self._limits())
+            job = self._resolve_id_conflicts(job)
+        except JobRejected as exc:
+            self._reject(name, exc.reason, exc.job_id)
+            return
+        received = time.time()
+        _log.info("job.received", correlation_id=job.id, file=name, url=job.url, downloader=job.downloader,
+                  id_source=job.id_source)
+        if job.id in self.spool.cancel_requests():
+            self._finish_without_running(job, name, received, "cancelled", "cancelled before it started")
+            self.spool.consume_cancel(job.id)
+            return
+        downloader = self._choose_downloader(job)
+        if downloader is None:
+            self._reject(name, "downloader 'ytdlp' is not available in this daemon; use downloader: http", job.id)
+            return
+        self._jobs[job.id] = (job, name, received)
+        d = self.settings.download
+        options = DownloadOptions(
+            url=job.url, filename=job.filename, sha256=job.sha256,
+            max_bytes=min(job.max_bytes or d.max_bytes, d.max_bytes),
+            timeout=job.timeout or d.timeout, headers=dict(job.headers), format=job.format,
+            playlist=job.playlist, allowed_schemes=d.allowed_schemes,
+            allow_private_networks=d.allow_private_networks, max_redirects=d.max_redirects,
+        )
+        retry = RetryPolicy(retries=job.retries if job.retries is not None else d.retries, backoff=d.backoff,
+                            max_backoff=d.max_backoff)
+        self.manager.submit(job.id, options, downloader=downloader, priority=job.priority, retry=retry,
+                            output_subdir=job.output_dir, context=job)
+
+    def _resolve_id_conflicts(self, job: JobSpec) -> JobSpec:
+        from dataclasses import replace
+
+        assert self.manager is not None
+        live = job.id in self.manager.tasks or job.id in self._jobs
+        finished = self.spool.terminal_record(job.id)
+        if not live and finished is None:
+            return job
+        if job.id_source == "explicit":
+            if live:
+                raise JobRejected(f"a job with id {job.id!r} is already queued or running; wait for it "
+                                  "or choose another id", job.id)
+            raise JobRejected(f"id {job.id!r} already finished (see {finished}); submit with a new id "
+                              f"or run `videonote-dl retry {job.id}`", job.id)
+        from daemon.ids import new_correlation_id
+
+        return replace(job, id=f"{job.id[:40]}-{new_correlation_id()[:12]}", id_source="generated")
+
+    def _choose_downloader(self, job: JobSpec) -> str | None:
+        if job.downloader == "http":
+            return "http"
+        if "ytdlp" not in self._downloaders:
+            return None if job.downloader == "ytdlp" else "http"
+        from daemon.downloaders.ytdlp import pick_downloader
+
+        return pick_downloader(job.url, job.downloader)
+
+    def _reject(self, name: str, reason: str, job_id: str | None) -> None:
+        path = self.spool.reject(name, reason)
+        self.counts["rejected"] += 1
+        self._status_dirty.set()
+        _log.warning("job.rejected", correlation_id=job_id, file=name, reason=reason, moved_to=str(path))
+
+    def _limits(self) -> JobLimits:
+        d = self.settings.download
+        return JobLimits(allowed_schemes=d.allowed_schemes, max_bytes=d.max_bytes,
+                         ytdlp_enabled=self.settings.ytdlp.enabled)
+
+    # --- resultados -----------------------------------------------------------------------
+    def _record(self, task: DownloadTask | None, job: JobSpec, name: str, received: float,
+                outcome: str) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "id": job.id, "outcome": outcome, "job": job.to_record(), "source_file": name,
+            "job_file_sha256": job.file_sha256, "daemon": {"instance": self.spool.instance, "version": __version__},
+        }
+        timings: dict[str, Any] = {"received_at": _iso(received)}
+        if task is not None:
+            record["downloader"] = task.downloader
+            record["attempts"] = task.attempt
+            timings["started_at"] = _iso(task.started_at)
+            finished = task.finished_at or time.time()
+            timings["finished_at"] = _iso(finished)
+            timings["duration_s"] = round(finished - (task.started_at or received), 3)
+            if task.result is not None and task.published_path is not None:
+                record.update(path=str(task.published_path), filename=task.published_path.name,
+                              renamed=task.renamed, size=task.result.size, sha256=task.result.sha256)
+                if task.result.final_url:
+                    record["final_url"] = task.result.final_url
+                if task.result.extra:
+                    record["extra"] = task.result.extra
+            if task.error is not None:
+                record["error"] = task.error
+        record["timings"] = timings
+        return record
+
+    def _on_published(self, task: DownloadTask) -> None:
+        entry = self._jobs.get(task.correlation_id)
+        if entry is None:
+            return
+        job, name, received = entry
+        task.finished_at = time.time()
+        path = self.spool.write_record("done", job.id, self._record(task, job, name, received, "succeeded"))
+        _log.info("job.recorded", correlation_id=job.id, record=str(path), outcome="succeeded")
+
+    def _on_finished(self, task: DownloadTask) -> None:
+        entry = self._jobs.pop(task.correlation_id, None)
+        if entry is None:
+            return
+        job, name, received = entry
+        if task.state == "interrupted" or (task.state == "queued" and self._stop.is_set()):
+            self._requeue(job, name, "daemon stopping")
+        elif task.state == "succeeded":
+            self.spool.release(name)
+            self.counts["done"] += 1
+        else:
+            outcome = "cancelled" if task.state == "cancelled" else "failed"
+            path = self.spool.write_record("failed", job.id, self._record(task, job, name, received, outcome))
+            _log.info("job.recorded", correlation_id=job.id, record=str(path), outcome=outcome)
+            self.spool.release(name)
+            self.counts["cancelled" if outcome == "cancelled" else "failed"] += 1
+            if outcome == "cancelled":
+                self.spool.consume_cancel(job.id)
+        self._status_dirty.set()
+        if not self._stop.is_set():
+            self._scan_wanted.set()  # hay sitio en la cola: mirar incoming/
+
+    def _finish_without_running(self, job: JobSpec, name: str, received: float, outcome: str, why: str) -> None:
+        record = self._record(None, job, name, received, outcome)
+        record["error"] = {"kind": outcome, "message": why}
+        self.spool.write_record("failed", job.id, record)
+        self.spool.release(name)
+        self.counts["cancelled"] += 1
+        _log.warning("job.cancelled", correlation_id=job.id, attempt=0, while_state="incoming")
+
+    def _requeue(self, job: JobSpec, name: str, reason: str) -> None:
+        suffix = os.path.splitext(name)[1]
+        new_name = f"{job.id}{suffix}" if job.id_source != "explicit" else None
+        try:
+            target = self.spool.requeue(self.spool.claimed, name, new_name)
+        except OSError as exc:
+            _log.error("daemon.error", correlation_id=job.id, where="requeue", error=exc.strerror or str(exc))
+            return
+        self.counts["requeued"] += 1
+        _log.info("job.requeued", correlation_id=job.id, file=target, reason=reason)
+
+    # --- cancelaciones --------------------------------------------------------------------
+    async def _cancel_loop(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.rescan_interval):
+                    await self._cancel_wanted.wait()
+            self._cancel_wanted.clear()
+            await self._process_cancels()
+
+    async def _process_cancels(self) -> None:
+        assert self.manager is not None
+        for job_id in self.spool.cancel_requests():
+            if job_id in self.manager.tasks:
+                _log.info("job.cancel_requested", correlation_id=job_id)
+                await self.manager.cancel(job_id)
+            elif self.spool.terminal_record(job_id) is not None:
+                self.spool.consume_cancel(job_id)
+                _log.info("job.cancel_ignored", correlation_id=job_id, reason="the job already finished")
+            elif self.spool.cancel_age(job_id) > _CANCEL_FORGET_AFTER:
+                self.spool.consume_cancel(job_id)
+                _log.info("job.cancel_ignored", correlation_id=job_id, reason="no such job within an hour")
+
+    # --- recolector, salud, estado, watchdog ----------------------------------------------
+    async def _reaper_loop(self) -> None:
+        while not self._stop.is_set():
+            skip = set(self._jobs)
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: reap_temp_root(self.settings.temp_dir, self.settings.reaper.max_age, skip)
+            )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.reaper.interval):
+                    await self._stop.wait()
+
+    async def _health_loop(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(self.settings.rescan_interval, 2.0)):
+                    await self._stop.wait()
+            if self.watcher is None or self._stop.is_set():
+                continue
+            problem = self.watcher.health_problem()
+            if problem is not None:
+                self.watcher.restart()
+                _log.warning("spool.watcher_restarted", reason=problem, restarts=self.watcher.restarts)
+                self._scan_wanted.set()
+
+    async def _status_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await self._status_dirty.wait()
+            self._status_dirty.clear()
+            self._write_status()
+            self.notifier.status(self._status_text())
+            await asyncio.sleep(0.5)
+
+    async def _watchdog_loop(self, interval: float) -> None:
+        while True:
+            self.notifier.watchdog_ping()
+            await asyncio.sleep(interval)
+
+    def _status_text(self) -> str:
+        m = self.manager
+        running, queued = (m.running, m.queued) if m else (0, 0)
+        c = self.counts
+        return (f"running {running}, queued {queued + self._incoming_waiting}, done {c['done']}, "
+                f"failed {c['failed'] + c['cancelled']}, rejected {c['rejected']}; "
+                f"max_concurrent {self.settings.max_concurrent}")
+
+    def _write_status(self, state: str = "running") -> None:
+        m = self.manager
+        status = {
+            "state": state, "pid": os.getpid(), "instance": self.spool.instance, "version": __version__,
+            "started_at": _iso(self.started_at), "updated_at": _iso(time.time()),
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "config": str(self.settings.source) if self.settings.source else None,
+            "max_concurrent": self.settings.max_concurrent,
+            "running": m.snapshot() if m else [], "queued": m.queued if m else 0,
+            "incoming_waiting": self._incoming_waiting, "counts": dict(self.counts),
+            "last_scan": _iso(self._last_scan) if self._last_scan else None,
+            "watcher_restarts": self.watcher.restarts if self.watcher else 0,
+            "spool_dir": str(self.settings.spool_dir), "event_log": str(self.settings.event_log),
+        }
+        try:
+            write_status(self.settings.status_file, status)
+        except OSError as exc:
+            _log.warning("daemon.error", where="status_file", error=exc.strerror or str(exc))
+
+    # --- recarga --------------------------------------------------------------------------
+    async def _reload_loop(self) -> None:
+        while True:
+            await self._reload.wait()
+            self._reload.clear()
+            self.reload()
+
+    def reload(self) -> None:
+        """Relee la configuración y aplica lo que puede cambiar en caliente."""
+        self.notifier.reloading()
+        reopen_event_log()
+        source = self.settings.source
+        try:
+            new = load_settings(source) if source else self.settings
+        except ConfigError as exc:
+            _log.error("config.reload_failed", error=str(exc), kept=str(source))
+            self.notifier.ready(self._status_text())
+            return
+        changed = settings_diff(self.settings, new)
+        restart = restart_required_changes(self.settings, new)
+        live = {k for k in changed if k not in restart}
+        from dataclasses import replace
+
+        kept = {key: getattr(self.settings, key) for key in
+                ("spool_dir", "temp_dir", "output_dir", "event_log", "status_file")}
+        self.settings = replace(new, **kept)
+        set_log_level(self.settings.log_level)
+        if self.manager is not None:
+            self.manager.set_max_concurrent(self.settings.max_concurrent)
+            self.manager.progress_interval = self.settings.download.progress_interval
+        _log.info("config.reloaded", changed=sorted(live), restart_required=restart)
+        self._status_dirty.set()
+        self._write_status()
+        self.notifier.ready(self._status_text())
+
+    # --- parada ---------------------------------------------------------------------------
+    async def _shutdown(self, workers: list[asyncio.Task[None]]) -> None:
+        assert self.manager is not None
+        self._claiming = False
+        self.notifier.stopping("stopping: finishing running downloads")
+        grace = 0.0 if self._stop_now.is_set() else self.settings.shutdown_grace
+        _log.info("daemon.stopping", running=self.manager.running, queued=self.manager.queued, grace_s=grace)
+        pending = await self.manager.shutdown(grace, abort=self._stop_now)
+        for task in pending:
+            entry = self._jobs.pop(task.correlation_id, None)
+            if entry is not None:
+                self._requeue(entry[0], entry[1], "daemon stopping")
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        if self.watcher is not None:
+            self.watcher.stop()
+        for downloader in self._downloaders.values():
+            close: Callable[[], Awaitable[None]] | None = getattr(downloader, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
+        self._write_status("stopped")
+        self.spool.close()
+        _log.info("daemon.stopped", counts=dict(self.counts), uptime_s=round(time.time() - self.started_at, 1))
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}Z"
+
+
+def run_daemon(settings: Settings) -> int:
+    """Corre el daemon hasta que lo paren; devuelve el código de salida."""
+    return asyncio.run(Daemon(settings).run())

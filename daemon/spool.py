@@ -1,0 +1,245 @@
+"""El spool: disposición de carpetas, reclamo por rename, registros terminales y rechazos.
+
+    tmp/ incoming/ active/ done/ failed/ rejected/ cancel/
+
+Cada daemon reclama en su propia subcarpeta ``active/<instancia>/``, bloqueada con ``flock``
+mientras vive. Al arrancar, las subcarpetas cuyo cerrojo está libre son de daemons muertos:
+sus trabajos vuelven a incoming/. Así varios daemons comparten un spool sin pisarse.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from daemon.dirlock import DirLock, DirLockBusy
+from daemon.ids import CORRELATION_ID_PATTERN, new_correlation_id
+from daemon.jobs import is_candidate_name, read_job_file
+
+__all__ = ["SPOOL_SUBDIRS", "IncomingEntry", "Spool"]
+
+SPOOL_SUBDIRS = ("tmp", "incoming", "active", "done", "failed", "rejected", "cancel")
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingEntry:
+    name: str
+    mtime_ns: int
+
+
+class Spool:
+    """Operaciones sobre un spool en disco. Todas las transiciones son ``rename()`` atómicos."""
+
+    def __init__(self, root: Path, instance: str | None = None) -> None:
+        self.root = root
+        self.instance = instance or f"{socket.gethostname()[:32]}-{os.getpid()}-{new_correlation_id()[:6]}"
+        self.tmp, self.incoming, self.active = root / "tmp", root / "incoming", root / "active"
+        self.done, self.failed, self.rejected, self.cancel = (root / "done", root / "failed", root / "rejected",
+                                                              root / "cancel")
+        self.claimed = self.active / self.instance
+        self._lock: DirLock | None = None
+        self._claimed_fd: int | None = None
+
+    # --- arranque y parada ----------------------------------------------------------------
+    def prepare(self) -> None:
+        """Crea la disposición y la subcarpeta de reclamos de esta instancia, bloqueada."""
+        for name in SPOOL_SUBDIRS:
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+        self.claimed.mkdir(mode=0o700, exist_ok=True)
+        self._lock = DirLock(self.claimed)
+        self._lock.acquire()
+        self._claimed_fd = os.open(self.claimed, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        """Suelta el cerrojo; borra la subcarpeta de reclamos si quedó vacía."""
+        if self._claimed_fd is not None:
+            os.close(self._claimed_fd)
+            self._claimed_fd = None
+        try:
+            self.claimed.rmdir()
+        except OSError:
+            pass
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def orphaned_claims(self) -> Iterator[tuple[Path, list[str]]]:
+        """Subcarpetas de active/ de daemons muertos (cerrojo libre), con sus archivos.
+
+        El cerrojo se mantiene tomado mientras el llamador devuelve los trabajos a incoming/.
+        """
+        try:
+            entries = sorted(os.scandir(self.active), key=lambda e: e.name)
+        except FileNotFoundError:
+            return
+        loose = [e.name for e in entries if e.is_file(follow_symlinks=False)]
+        if loose:  # archivos sueltos en active/ (disposición antigua o manual)
+            yield self.active, loose
+        for entry in entries:
+            if entry.name == self.instance or not entry.is_dir(follow_symlinks=False):
+                continue
+            lock = DirLock(Path(entry.path))
+            try:
+                lock.acquire()
+            except DirLockBusy:
+                continue  # un daemon vivo comparte el spool
+            except OSError:
+                continue
+            try:
+                names = sorted(os.listdir(entry.path))
+                yield Path(entry.path), names
+                try:
+                    os.rmdir(entry.path)
+                except OSError:
+                    pass
+            finally:
+                lock.release()
+
+    # --- incoming ------------------------------------------------------------------------
+    def scan_incoming(self) -> list[IncomingEntry]:
+        """Candidatos de incoming/, del más antiguo al más nuevo."""
+        found: list[IncomingEntry] = []
+        try:
+            with os.scandir(self.incoming) as entries:
+                for entry in entries:
+                    if not is_candidate_name(entry.name):
+                        continue
+                    try:
+                        mtime = entry.stat(follow_symlinks=False).st_mtime_ns
+                    except FileNotFoundError:
+                        continue
+                    found.append(IncomingEntry(entry.name, mtime))
+        except FileNotFoundError:
+            self.incoming.mkdir(parents=True, exist_ok=True)
+        found.sort(key=lambda e: (e.mtime_ns, e.name))
+        return found
+
+    def claim(self, name: str) -> bool:
+        """Mueve incoming/name a mis reclamos. False si otro lo tomó antes (o ya no está)."""
+        if os.path.lexists(self.claimed / name):
+            return False  # mismo nombre aún en curso: se reintentará cuando termine
+        try:
+            os.rename(self.incoming / name, self.claimed / name)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def read_claimed(self, name: str) -> tuple[bytes, os.stat_result]:
+        assert self._claimed_fd is not None, "prepare() first"
+        return read_job_file(name, self._claimed_fd)
+
+    def release(self, name: str) -> None:
+        """El trabajo terminó y tiene registro: se borra su archivo reclamado."""
+        try:
+            os.unlink(self.claimed / name)
+        except FileNotFoundError:
+            pass
+
+    def requeue(self, source: Path, name: str, new_name: str | None = None) -> str:
+        """Devuelve ``source/name`` a incoming/ (con ``new_name`` si se da); nunca pisa nada."""
+        target = self._free_name(self.incoming, new_name or name)
+        os.rename(source / name, self.incoming / target)
+        return target
+
+    # --- terminales ---------------------------------------------------------------------
+    def reject(self, name: str, reason: str, source: Path | None = None) -> Path:
+        """Mueve el archivo a rejected/ y escribe ``<nombre>.reason`` con qué corregir."""
+        source = source or self.claimed
+        target = self._free_name(self.rejected, name, reserve_suffix=".reason")
+        try:
+            os.rename(source / name, self.rejected / target)
+        except FileNotFoundError:
+            pass
+        text = (
+            f"{reason}\n\n"
+            f"file: {name}\nrejected_at: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
+            "Fix the file and write it again into spool/tmp/, then rename it into spool/incoming/.\n"
+        )
+        self._write_atomic(self.rejected / f"{target}.reason", text.encode("utf-8"), overwrite=True)
+        return self.rejected / target
+
+    def terminal_record(self, job_id: str) -> Path | None:
+        """El registro terminal de ``job_id`` si existe (done/ o failed/)."""
+        for folder in (self.done, self.failed):
+            path = folder / f"{job_id}.json"
+            if path.exists():
+                return path
+        return None
+
+    def write_record(self, outcome_dir: str, job_id: str, record: dict[str, Any]) -> Path:
+        """Escribe done/<id>.json o failed/<id>.json; nunca sobrescribe un registro terminal."""
+        folder = self.done if outcome_dir == "done" else self.failed
+        data = orjson.dumps(record, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE, default=str)
+        for n in range(10000):
+            name = f"{job_id}.json" if n == 0 else f"{job_id}.{n}.json"
+            if self._write_atomic(folder / name, data, overwrite=False):
+                return folder / name
+        raise OSError(errno.EEXIST, f"no free record name for {job_id} in {folder}")
+
+    # --- cancelaciones -------------------------------------------------------------------
+    def cancel_requests(self) -> list[str]:
+        """Ids pedidos en cancel/ (nombres válidos; el resto se ignora)."""
+        try:
+            names = os.listdir(self.cancel)
+        except FileNotFoundError:
+            return []
+        return [n for n in names if CORRELATION_ID_PATTERN.fullmatch(n)]
+
+    def cancel_age(self, job_id: str) -> float:
+        try:
+            return time.time() - os.stat(self.cancel / job_id, follow_symlinks=False).st_mtime
+        except FileNotFoundError:
+            return 0.0
+
+    def consume_cancel(self, job_id: str) -> None:
+        try:
+            os.unlink(self.cancel / job_id)
+        except FileNotFoundError:
+            pass
+
+    # --- ayudas -------------------------------------------------------------------------
+    @staticmethod
+    def _free_name(folder: Path, name: str, reserve_suffix: str = "") -> str:
+        stem, dot, ext = name.rpartition(".")
+        if not stem:
+            stem, dot, ext = name, "", ""
+        candidate = name
+        n = 0
+        while os.path.lexists(folder / candidate) or (
+            reserve_suffix and os.path.lexists(folder / f"{candidate}{reserve_suffix}")
+        ):
+            n += 1
+            candidate = f"{stem}.{n}{dot}{ext}"
+        return candidate
+
+    def _write_atomic(self, path: Path, data: bytes, overwrite: bool) -> bool:
+        """Escribe en tmp/, fsync, y publica con link() (sin pisar) o rename() (pisando)."""
+        tmp = self.tmp / f".{path.name}.{os.getpid()}.{new_correlation_id()[:8]}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            if overwrite:
+                os.rename(tmp, path)
+                return True
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            if not overwrite:
+                os.unlink(tmp)

@@ -1,0 +1,28 @@
+"""El archivo de estado: una foto JSON del daemon, reescrita de forma atómica mientras corre."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = ["read_status", "write_status"]
+
+
+def write_status(path: Path, status: dict[str, Any]) -> None:
+    """Escribe ``status`` en ``path`` con tmp + rename: un lector nunca ve un archivo a medias."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(orjson.dumps(status, option=orjson.OPT_INDENT_2, default=str))
+    os.replace(tmp, path)
+
+
+def read_status(path: Path) -> dict[str, Any] | None:
+    """El último estado escrito, o None si no hay."""
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
