@@ -327,7 +327,8 @@ class DownloadManager:
                 self.fsync,
             )
             task.published_path, task.renamed = published.path, published.renamed
-            result.published = True
+            result.path, result.filename, result.published = published.path, published.path.name, True
+            task.result = result
             _log.info("job.published", correlation_id=task.correlation_id, path=str(published.path),
                       renamed=published.renamed, size=result.size, sha256=result.sha256)
             if self.on_published is not None:
