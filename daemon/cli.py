@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("status", parents=[common], help="show the daemon's live status")
     reap = sub.add_parser("reap", parents=[common], help="remove stale temp dirs once")
     reap.add_argument("--dry-run", action="store_true", help="only print what would be removed")
-    sub.add_parser("check-config", parents=[common], help="validate the config and print it")
+    check = sub.add_parser("check-config", parents=[common], help="validate the config and print it")
+    check.add_argument("--reference", action="store_true", help="print the config reference (Markdown)")
     return parser
 
 
@@ -229,6 +230,11 @@ def _cmd_reap(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
     from daemon.config import SCHEMA
 
+    if args.reference:
+        from daemon.config_reference import render_config_reference
+
+        sys.stdout.write(render_config_reference())
+        return EXIT_OK
     print(f"config OK: {settings.source or '(built-in defaults)'}")
     for spec in SCHEMA:
         value: Any = settings

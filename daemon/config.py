@@ -158,7 +158,7 @@ def _positive_size(value: Any) -> int:
 
 SCHEMA: tuple[SettingSpec, ...] = (
     SettingSpec("spool_dir", "path", "var/spool", False, "spool root: tmp/ incoming/ active/ done/ ...", _path),
-    SettingSpec("temp_dir", "path", "var/tmp", False, "root of the videonote_dl_<id> temp dirs", _path),
+    SettingSpec("temp_dir", "path", "var/tmp", False, "root of the videonote_dl_* temp dirs", _path),
     SettingSpec("output_dir", "path", "var/downloads", False, "where finished files are published", _path),
     SettingSpec("event_log", "path", "var/log/events.jsonl", False, "JSON-lines event log", _path),
     SettingSpec("status_file", "path", "var/run/status.json", False, "live status, rewritten atomically", _path),
@@ -189,8 +189,8 @@ SCHEMA: tuple[SettingSpec, ...] = (
     SettingSpec("reaper.interval", "duration", "10m", True, "time between reaper passes", _positive_duration),
     SettingSpec("reaper.max_age", "duration", "1h", True, "age after which an unlocked temp dir is stale",
                 parse_duration),
-    SettingSpec("ytdlp.enabled", "boolean", "true", True, "allow the yt-dlp downloader", _boolean),
-    SettingSpec("ytdlp.kill_grace", "duration", "5s", True, "TERM-to-KILL wait for a yt-dlp process",
+    SettingSpec("ytdlp.enabled", "boolean", "true", False, "allow the yt-dlp downloader", _boolean),
+    SettingSpec("ytdlp.kill_grace", "duration", "5s", False, "TERM-to-KILL wait for a yt-dlp process",
                 parse_duration),
 )
 _SPECS = {spec.key: spec for spec in SCHEMA}

@@ -110,10 +110,18 @@ def _timestamp(_logger: Any, _method: str, event_dict: MutableMapping[str, Any])
     return event_dict
 
 
+# Métodos del logger que son alias de un nivel: ``exception`` es ``error`` con la traza adjunta.
+_METHOD_LEVELS = {"warn": "warning", "exception": "error", "err": "error", "fatal": "critical", "msg": "info",
+                  "log": "info", "failure": "error"}
+
+
 def _filter_level(_logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    if _LEVELS.get(method, 20) < _threshold:
+    level = _METHOD_LEVELS.get(method, method)
+    if _LEVELS.get(level, 20) < _threshold:
         raise structlog.DropEvent
-    event_dict["level"] = "warning" if method == "warn" else method
+    if method == "exception":
+        event_dict.setdefault("exc_info", True)
+    event_dict["level"] = level
     return event_dict
 
 
@@ -188,6 +196,7 @@ def configure_events(event_log: Path | None, level: str = "info", stderr: bool =
     structlog.configure(
         processors=[
             _filter_level,
+            structlog.processors.format_exc_info,  # exc_info -> "exception" (texto de la traza)
             structlog.contextvars.merge_contextvars,
             _timestamp,
             _scrub_secrets,

@@ -1,0 +1,377 @@
+"""Proceso auxiliar de yt-dlp: guarda de red, ejecución en proceso y servidor de fork ("zigoto").
+
+Este módulo sólo usa la biblioteca estándar (más ``yt_dlp``, importado cuando hace falta) para
+poder ejecutarse por ruta con ``python -P ruta/ytdlp_zygote.py ...`` sin importar el paquete
+``daemon`` (más rápido y con menos memoria, y ``-P`` evita que ``daemon/downloaders`` entre en
+``sys.path``, donde ``http.py`` taparía al módulo ``http`` de la biblioteca estándar).
+
+Dos subórdenes:
+
+``run ARGS...``
+    Instala la guarda de red (rechaza conexiones a direcciones no públicas) y ejecuta
+    ``yt_dlp.main(ARGS)`` en este mismo proceso. Es la etapa 1 (un subproceso por trabajo)
+    cuando el trabajo no admite redes privadas.
+
+``serve FD``
+    El zigoto: importa ``yt_dlp`` una sola vez, precompila las expresiones de todos los
+    extractores, congela el GC y queda a la espera en el socket ``FD`` (``SOCK_SEQPACKET``).
+    Cada petición es un JSON ``{"argv": [...], "cwd": "...", "guard": bool}`` con tres
+    descriptores adjuntos (``SCM_RIGHTS``): stdout, stderr y un socket de estado. Por cada una
+    hace ``fork()``; el hijo llama a ``setsid()`` (su propio grupo de procesos), escribe
+    ``{"pid": N}`` en el socket de estado, redirige stdout/stderr y ejecuta ``yt_dlp.main(argv)``:
+    las mismas opciones que la etapa 1, sin pagar el arranque del intérprete ni la importación.
+    Cuando el hijo termina, el zigoto mata lo que quede en su grupo (con el líder aún zombi, así
+    el pgid no puede reutilizarse), lo recoge con ``wait4`` y escribe
+    ``{"returncode": N, "cpu_s": X, "maxrss_kb": M}`` en el socket de estado.
+    Si el socket de control se cierra (el daemon terminó), termina los trabajos vivos y sale.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import ipaddress
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "FORBIDDEN_MESSAGE",
+    "install_network_guard",
+    "is_forbidden_address",
+    "main",
+    "run_ytdlp",
+    "serve",
+]
+
+# Texto que identifica una conexión rechazada por la guarda; ytdlp.py lo busca en stderr.
+FORBIDDEN_MESSAGE = "videonote-dl refused a connection to a non-public address"
+
+# Prefijo NAT64 (RFC 6052): lleva una IPv4 incrustada que hay que comprobar también.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_MAX_REQUEST = 1 << 20
+_SHUTDOWN_GRACE = 3.0
+
+
+def is_forbidden_address(address: str) -> bool:
+    """True si ``address`` (una IP literal) no es una dirección pública unicast.
+
+    Rechaza loopback, privadas, enlace local (incluido 169.254.169.254, el servicio de
+    metadatos de las nubes), CGNAT, sin especificar, multicast y reservadas; las IPv6 con una
+    IPv4 incrustada (mapeadas, NAT64) se juzgan por esa IPv4. ``ValueError`` si no es una IP.
+    """
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif ip in _NAT64:
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return (
+        not ip.is_global
+        or ip.is_multicast
+        or ip.is_unspecified
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_private
+        or ip.is_reserved
+    )
+
+
+def install_network_guard() -> None:
+    """Hace que todo ``connect()`` TCP/UDP de este proceso rechace direcciones no públicas.
+
+    Se comprueba la dirección a la que de verdad se conecta (después de resolver), así que
+    cubre redirecciones, peticiones internas de los extractores, fragmentos y DNS rebinding.
+    Si se pasa un nombre en lugar de una IP, se resuelve aquí y se conecta a la IP comprobada.
+    No cubre código C que abra sus propios sockets (curl_cffi), ni un proxy configurado por
+    entorno cuya dirección sea privada (se rechazaría también).
+    """
+    cls = socket.socket
+    if getattr(cls, "_videonote_guard", False):
+        return
+    original_connect = cls.connect
+    original_connect_ex = cls.connect_ex
+
+    def _checked(sock: socket.socket, address: Any) -> Any:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6) or not isinstance(address, tuple):
+            return address
+        host = str(address[0])
+        try:
+            forbidden = is_forbidden_address(host)
+        except ValueError:
+            # Un nombre: resolver aquí y conectar a la dirección comprobada.
+            infos = socket.getaddrinfo(host, address[1], sock.family, sock.type)
+            if not infos:
+                raise OSError(errno.EHOSTUNREACH, f"cannot resolve {host}") from None
+            resolved = infos[0][4]
+            forbidden = is_forbidden_address(str(resolved[0]))
+            host, address = str(resolved[0]), resolved
+        if forbidden:
+            raise PermissionError(errno.EACCES, f"{FORBIDDEN_MESSAGE} ({host})")
+        return address
+
+    def connect(self: socket.socket, address: Any) -> None:
+        original_connect(self, _checked(self, address))
+
+    def connect_ex(self: socket.socket, address: Any) -> int:
+        return original_connect_ex(self, _checked(self, address))
+
+    cls.connect = connect  # type: ignore[method-assign]
+    cls.connect_ex = connect_ex  # type: ignore[method-assign]
+    cls._videonote_guard = True  # type: ignore[attr-defined]
+
+
+def run_ytdlp(argv: Sequence[str]) -> int:
+    """Ejecuta ``yt_dlp.main(argv)`` en este proceso y devuelve su código de salida."""
+    import yt_dlp
+
+    try:
+        yt_dlp.main(list(argv))
+    except SystemExit as exc:
+        code = exc.code
+        if code is None:
+            return 0
+        if isinstance(code, int):
+            return code
+        sys.stderr.write(f"{code}\n")
+        return 1
+    return 0
+
+
+def _flush_std() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+# --- zigoto --------------------------------------------------------------------------------
+def _warm_up() -> str:
+    """Importa y precalienta yt-dlp para que los hijos no paguen ese coste; devuelve la versión."""
+    import yt_dlp
+    import yt_dlp.downloader.http
+    import yt_dlp.extractor.generic
+    import yt_dlp.networking
+    import yt_dlp.postprocessor  # noqa: F401
+    from yt_dlp.extractor import gen_extractor_classes
+    from yt_dlp.version import __version__
+
+    # Cada clase compila su _VALID_URL la primera vez que se le pregunta; hecho aquí una sola
+    # vez, los hijos heredan las expresiones compiladas (yt-dlp recorre ~1.800 por trabajo).
+    for klass in gen_extractor_classes():
+        try:
+            klass.suitable("http://127.0.0.1/")
+        except Exception:  # noqa: S112 - un extractor raro no debe impedir el arranque
+            continue
+    # Construir el analizador de opciones y un YoutubeDL carga el resto de módulos perezosos.
+    try:
+        _parser, _opts, _urls, ydl_opts = yt_dlp.parse_options(
+            ["--ignore-config", "--no-plugin-dirs", "--no-cache-dir", "--quiet", "--simulate"]
+        )
+        with yt_dlp.YoutubeDL(ydl_opts):
+            pass
+    except Exception:  # noqa: S110 - el precalentamiento es una optimización, no un requisito
+        pass
+    return str(__version__)
+
+
+class _Zygote:
+    """Bucle del zigoto: peticiones por el socket de control, SIGCHLD por un pipe de aviso."""
+
+    def __init__(self, control: socket.socket) -> None:
+        self.control = control
+        self.jobs: dict[int, int] = {}  # pid del hijo -> fd del socket de estado
+        self.selector = selectors.DefaultSelector()
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def run(self, version: str) -> int:
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        self.control.setblocking(True)
+        self._send_control({"ready": True, "pid": os.getpid(), "ytdlp_version": version})
+        self.selector.register(self.control, selectors.EVENT_READ)
+        self.selector.register(self.wake_r, selectors.EVENT_READ)
+        while True:
+            for key, _events in self.selector.select():
+                if key.fileobj is self.control:
+                    if not self._handle_request():
+                        self._shutdown()
+                        return 0
+                else:
+                    self._drain_wakeup()
+            self._reap()
+
+    def _send_control(self, message: dict[str, Any]) -> None:
+        self.control.send(json.dumps(message).encode())
+
+    def _drain_wakeup(self) -> None:
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _handle_request(self) -> bool:
+        """Atiende una petición; False si el socket de control se cerró (el daemon se fue)."""
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(self.control, _MAX_REQUEST, 3)
+        except ConnectionResetError:
+            return False
+        if not data and not fds:
+            return False
+        if len(fds) != 3:
+            for fd in fds:
+                os.close(fd)
+            return True
+        out_fd, err_fd, status_fd = fds
+        try:
+            request = json.loads(data)
+            argv = [str(a) for a in request["argv"]]
+            cwd = str(request["cwd"])
+            guard = bool(request.get("guard", True))
+        except (ValueError, KeyError, TypeError) as exc:
+            _write_status(status_fd, {"error": f"bad request: {exc}"})
+            for fd in fds:
+                os.close(fd)
+            return True
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            _write_status(status_fd, {"error": f"fork failed: {exc.strerror or exc}"})
+            for fd in fds:
+                os.close(fd)
+            return True
+        if pid == 0:  # pragma: no cover - corre en el hijo, que nunca vuelve
+            _child_main(argv, cwd, guard, out_fd, err_fd, status_fd)
+        os.close(out_fd)
+        os.close(err_fd)
+        self.jobs[pid] = status_fd
+        return True
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None:
+                return
+            pid = info.si_pid
+            # El líder sigue siendo zombi: su pgid no puede haberse reutilizado. Se mata lo que
+            # quede en el grupo (p. ej. un ffmpeg) antes de recogerlo.
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            _pid, status, usage = os.wait4(pid, 0)
+            status_fd = self.jobs.pop(pid, None)
+            if status_fd is not None:
+                _write_status(status_fd, {
+                    "returncode": os.waitstatus_to_exitcode(status),
+                    "cpu_s": round(usage.ru_utime + usage.ru_stime, 6),
+                    "maxrss_kb": usage.ru_maxrss,
+                })
+                os.close(status_fd)
+
+    def _shutdown(self) -> None:
+        """El daemon se fue: TERM a cada grupo vivo, KILL tras una espera, recoger y salir."""
+        for pid in list(self.jobs):
+            _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + _SHUTDOWN_GRACE
+        while self.jobs and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.05)
+        for pid in list(self.jobs):
+            _signal_group(pid, signal.SIGKILL)
+        while self.jobs:
+            self._reap()
+            if self.jobs:
+                time.sleep(0.01)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _write_status(fd: int, message: dict[str, Any]) -> None:
+    try:
+        os.write(fd, json.dumps(message).encode() + b"\n")
+    except OSError:
+        pass  # el daemon ya cerró su extremo: nadie espera el estado
+
+
+def _child_main(argv: list[str], cwd: str, guard: bool, out_fd: int, err_fd: int,
+                status_fd: int) -> None:  # pragma: no cover - corre en el hijo
+    """Cuerpo del hijo del zigoto: grupo propio, descriptores, yt-dlp y ``os._exit``."""
+    code = 70  # EX_SOFTWARE si algo falla antes de llegar a yt-dlp
+    try:
+        os.setsid()
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        # El pid se anuncia después de setsid(): cuando el daemon lo conoce, el grupo ya existe.
+        _write_status(status_fd, {"pid": os.getpid()})
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(out_fd, 1)
+        os.dup2(err_fd, 2)
+        os.closerange(3, _max_fd())  # control, estado y descriptores de otros trabajos
+        os.chdir(cwd)
+        if guard:
+            install_network_guard()
+        code = run_ytdlp(argv)
+    except BaseException:
+        try:
+            traceback.print_exc()
+        except Exception:  # noqa: S110
+            pass
+    finally:
+        _flush_std()
+        os._exit(code)
+
+
+def _max_fd() -> int:
+    try:
+        return min(os.sysconf("SC_OPEN_MAX"), 1 << 20)
+    except (ValueError, OSError):
+        return 4096
+
+
+def serve(control_fd: int) -> int:
+    """Arranca el zigoto sobre el socket de control heredado ``control_fd``."""
+    control = socket.socket(fileno=control_fd)
+    version = _warm_up()
+    gc.collect()
+    gc.freeze()  # los hijos no recorren (ni copian) los objetos del zigoto en cada GC
+    return _Zygote(control).run(version)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Punto de entrada: ``run ARGS...`` o ``serve FD``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "run":
+        install_network_guard()
+        code = run_ytdlp(args[1:])
+        _flush_std()
+        return code
+    if len(args) == 2 and args[0] == "serve" and args[1].isdigit():
+        return serve(int(args[1]))
+    sys.stderr.write("usage: ytdlp_zygote.py run YT-DLP-ARGS... | serve FD\n")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
