@@ -1,4 +1,4 @@
-"""La orden ``videonote-dl``: run, submit, cancel, status, reap, check-config.
+"""La orden ``videonote-dl``: run, submit, cancel, status, events, show, retry, reap, check-config.
 
 Códigos de salida: 0 bien, 1 fallo, 2 error de uso. Cada mensaje de error dice qué hacer.
 """
@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
 import yaml
 
 from daemon import __version__
@@ -50,7 +49,18 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--timeout", type=float, default=None, help="with --wait: give up after N seconds")
     cancel = sub.add_parser("cancel", parents=[common], help="cancel a queued or running job")
     cancel.add_argument("id")
-    sub.add_parser("status", parents=[common], help="show the daemon's live status")
+    status = sub.add_parser("status", parents=[common], help="show the daemon's live status")
+    status.add_argument("--watch", action="store_true", help="refresh every second until Ctrl-C")
+    events = sub.add_parser("events", parents=[common], help="show the event log, filtered")
+    events.add_argument("--follow", "-f", action="store_true", help="keep printing new events (survives logrotate)")
+    events.add_argument("--job", metavar="ID", help="only this job's events")
+    events.add_argument("--event", metavar="PATTERN", help="only events matching PATTERN, e.g. 'job.*'")
+    events.add_argument("--since", metavar="WHEN", help="only events newer than 10m, 2h, or an ISO time")
+    events.add_argument("--json", action="store_true", help="print raw JSON lines (for jq)")
+    show = sub.add_parser("show", parents=[common], help="everything known about one job")
+    show.add_argument("id")
+    retry = sub.add_parser("retry", parents=[common], help="resubmit a failed job as a new one")
+    retry.add_argument("id")
     reap = sub.add_parser("reap", parents=[common], help="remove stale temp dirs once")
     reap.add_argument("--dry-run", action="store_true", help="only print what would be removed")
     check = sub.add_parser("check-config", parents=[common], help="validate the config and print it")
@@ -127,35 +137,12 @@ def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     except JobRejected as exc:
         raise UsageError(f"the job would be rejected: {exc.reason}") from None
     _write_into_spool(settings, "incoming", f"{job_id}.yaml", data)
-    print(job_id)
+    print(job_id, flush=True)
     if not args.wait:
         return EXIT_OK
-    return _wait_for(settings, job_id, args.timeout)
+    from daemon.progress_view import wait_for_job
 
-
-def _wait_for(settings: Settings, job_id: str, timeout: float | None) -> int:
-    deadline = time.monotonic() + timeout if timeout else None
-    while deadline is None or time.monotonic() < deadline:
-        for folder in ("done", "failed"):
-            path = settings.spool_dir / folder / f"{job_id}.json"
-            if path.exists():
-                record = orjson.loads(path.read_bytes())
-                if folder == "done":
-                    print(f"done: {record.get('path')} ({format_size(record.get('size', 0))}, "
-                          f"sha256 {record.get('sha256')})")
-                    return EXIT_OK
-                error = record.get("error") or {}
-                print(f"{record.get('outcome', 'failed')}: {error.get('message', 'see ' + str(path))}",
-                      file=sys.stderr)
-                return EXIT_FAILURE
-        rejected = settings.spool_dir / "rejected" / f"{job_id}.yaml.reason"
-        if rejected.exists():
-            print(f"rejected: {rejected.read_text().splitlines()[0]}", file=sys.stderr)
-            return EXIT_FAILURE
-        time.sleep(0.2)
-    print(f"gave up waiting for {job_id} after {timeout}s; it is still queued or running "
-          f"(see `videonote-dl status`)", file=sys.stderr)
-    return EXIT_FAILURE
+    return wait_for_job(settings.spool_dir, settings.event_log, job_id, args.timeout)
 
 
 def _cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
@@ -187,7 +174,7 @@ def _daemon_alive(status: dict[str, Any]) -> bool:
     return True
 
 
-def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+def _print_status(settings: Settings) -> int:
     from daemon.status import read_status
 
     status = read_status(settings.status_file)
@@ -198,17 +185,54 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     alive = _daemon_alive(status)
     counts = status.get("counts", {})
     print(f"daemon: {'running' if alive else 'NOT running'} (pid {status.get('pid')}, "
-          f"up {format_duration(status.get('uptime_s', 0))}, last update {status.get('updated_at')})")
-    print(f"jobs: running {len(status.get('running', []))}, queued {status.get('queued', 0)}, "
-          f"waiting in incoming {status.get('incoming_waiting', 0)}, done {counts.get('done', 0)}, "
-          f"failed {counts.get('failed', 0)}, cancelled {counts.get('cancelled', 0)}, "
-          f"rejected {counts.get('rejected', 0)}; max_concurrent {status.get('max_concurrent')}")
-    for job in status.get("running", []):
+          f"up {format_duration(status.get('uptime_s', 0))}, last update {status.get('updated_at')}, "
+          f"last scan {status.get('last_scan')})")
+    print(f"jobs:   running {len(status.get('running', []))}, queued {status.get('queued', 0)}, "
+          f"waiting in incoming {status.get('incoming_waiting', 0)}; max_concurrent {status.get('max_concurrent')}")
+    print(f"totals: done {counts.get('done', 0)}, failed {counts.get('failed', 0)}, "
+          f"cancelled {counts.get('cancelled', 0)}, rejected {counts.get('rejected', 0)}, "
+          f"requeued {counts.get('requeued', 0)} (since start)")
+    running = status.get("running", [])
+    if running:
+        print(f"  {'ID':<26} {'STATE':<9} {'DONE':>6} {'BYTES':>11} {'SPEED':>12}  ATTEMPT")
+    for job in running:
         total = job.get("total")
-        percent = f"{job['bytes'] * 100 / total:5.1f}%" if total else "    ?"
-        print(f"  {job['id']:<24} {job['state']:<9} {percent} {format_size(job['bytes']):>10}"
-              f" {format_size(job.get('speed', 0)) + '/s':>12}  attempt {job.get('attempt')}")
+        percent = f"{job['bytes'] * 100 / total:5.1f}%" if total else "     ?"
+        print(f"  {job['id']:<26} {job['state']:<9} {percent:>6} {format_size(job['bytes']):>11}"
+              f" {format_size(job.get('speed', 0)) + '/s':>12}  {job.get('attempt')}")
     return EXIT_OK if alive else EXIT_FAILURE
+
+
+def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    if not args.watch:
+        return _print_status(settings)
+    while True:
+        if sys.stdout.isatty():
+            sys.stdout.write("\033[H\033[2J")
+        _print_status(settings)
+        sys.stdout.flush()
+        time.sleep(1.0)
+
+
+def _cmd_events(args: argparse.Namespace, settings: Settings) -> int:
+    from daemon.cli_inspect import cmd_events
+
+    try:
+        return cmd_events(settings, args.job, args.event, args.since, args.follow, args.json)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    from daemon.cli_inspect import cmd_show
+
+    return cmd_show(settings, args.id)
+
+
+def _cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    from daemon.cli_inspect import cmd_retry
+
+    return cmd_retry(settings, args.id, _write_into_spool)
 
 
 def _cmd_reap(args: argparse.Namespace, settings: Settings) -> int:

@@ -184,6 +184,14 @@ class HttpDownloader:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(options.timeout, 30), sock_read=options.timeout)
         session = self._session(options.allow_private_networks)
         response = await self._open(session, options, offset, meta, timeout)
+        if response.status == 416 and offset:
+            # La parte local no sirve para este archivo (cambió o ya no cuadra): se empieza de cero
+            # en lugar de fallar como si fuera un 4xx permanente.
+            response.release()
+            part.unlink(missing_ok=True)
+            meta_path.unlink(missing_ok=True)
+            offset = 0
+            response = await self._open(session, options, 0, None, timeout)
         try:
             return await self._receive(response, options, part, meta_path, offset, progress)
         finally:
