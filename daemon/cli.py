@@ -1,4 +1,4 @@
-"""La orden ``videonote-dl``: run, submit, cancel, status, events, show, retry, reap, check-config.
+"""La orden ``videonote-dl``: run, submit, cancel, status, events, show, retry, reap, verify, check-config.
 
 Códigos de salida: 0 bien, 1 fallo, 2 error de uso. Cada mensaje de error dice qué hacer.
 """
@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     retry.add_argument("id")
     reap = sub.add_parser("reap", parents=[common], help="remove stale temp dirs once")
     reap.add_argument("--dry-run", action="store_true", help="only print what would be removed")
+    verify = sub.add_parser("verify", parents=[common], help="check the spool's invariants (nothing lost)")
+    verify.add_argument("--running", action="store_true", help="the daemon is running: skip idle-only checks")
     check = sub.add_parser("check-config", parents=[common], help="validate the config and print it")
     check.add_argument("--reference", action="store_true", help="print the config reference (Markdown)")
     return parser
@@ -249,6 +251,17 @@ def _cmd_reap(args: argparse.Namespace, settings: Settings) -> int:
           f"{format_size(report.bytes_freed)}; skipped {report.locked} locked, {report.young} younger than "
           f"{format_duration(settings.reaper.max_age)}; {report.errors} error(s)")
     return EXIT_FAILURE if report.errors else EXIT_OK
+
+
+def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from daemon.verify import verify_spool
+
+    report = verify_spool(settings, daemon_stopped=not args.running)
+    for problem in report.problems:
+        print(f"PROBLEM {problem}")
+    print(f"{'OK' if report.ok else 'FAILED'}: {report.jobs} jobs, {report.published} published files checked, "
+          f"{report.events} events read, {len(report.problems)} problem(s)")
+    return EXIT_OK if report.ok else EXIT_FAILURE
 
 
 def _cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import re
 import stat
@@ -45,7 +46,10 @@ JOB_FIELDS = (
     "url", "id", "downloader", "filename", "output_dir", "sha256", "max_bytes", "timeout",
     "retries", "format", "priority", "playlist", "headers",
 )
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Caracteres que no deben llegar a nombres, URLs ni registros: control C0/C1, separadores de
+# línea y párrafo Unicode, controles de dirección bidi (nombres que engañan a la vista) y
+# sustitutos sueltos (no se pueden codificar en UTF-8).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _MAX_URL = 8192
@@ -56,9 +60,22 @@ class JobRejected(Exception):
     """El archivo no se puede aceptar; ``reason`` dice qué corregir."""
 
     def __init__(self, reason: str, job_id: str | None = None) -> None:
+        reason = _printable(reason)[:1000]
         super().__init__(reason)
         self.reason = reason
         self.job_id = job_id
+
+
+def _printable(text: str) -> str:
+    """Escapa lo no imprimible (ESC, saltos de línea, bidi...) para que un motivo sea una sola línea segura."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """Un valor del archivo tal como se cita en un motivo: repr recortado, sin caracteres de control."""
+    return repr(value)[:limit]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,33 +130,69 @@ def is_candidate_name(name: str) -> bool:
     return not name.startswith(".") and not name.endswith(".tmp")
 
 
+def _kind_of(mode: int) -> str | None:
+    """Qué es un archivo que no es regular, dicho para una persona; None si es regular."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        return "a symbolic link (links are never followed)"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def _require_regular(st: os.stat_result) -> None:
+    kind = _kind_of(st.st_mode)
+    if kind is not None:
+        raise JobRejected(f"the job file is {kind}; write a regular file in spool/tmp/ and rename it into incoming/")
+
+
 def read_job_file(name: str, dir_fd: int) -> tuple[bytes, os.stat_result]:
-    """Lee un archivo reclamado sin seguir enlaces ni bloquearse; valida tipo, enlaces y tamaño."""
+    """Lee un archivo reclamado sin seguir enlaces ni bloquearse; valida tipo, enlaces y tamaño.
+
+    Primero ``lstat``: un FIFO, un dispositivo, un socket o un enlace simbólico se rechazan sin
+    abrirlos (abrir un dispositivo puede tener efectos). Después se abre con O_NOFOLLOW|O_NONBLOCK
+    y ``fstat`` confirma que es el mismo inodo y sigue siendo un archivo regular.
+    """
+    try:
+        before = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        raise JobRejected("the job file disappeared before it could be read; write it again") from None
+    except OSError as exc:
+        raise JobRejected(f"cannot examine the job file: {exc.strerror}; check its permissions") from None
+    _require_regular(before)
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise JobRejected("the job file is a symbolic link; write a regular file into incoming/") from None
+            raise JobRejected("the job file is a symbolic link (links are never followed); "
+                              "write a regular file in spool/tmp/ and rename it into incoming/") from None
         if exc.errno in (errno.ENXIO, errno.EOPNOTSUPP):
-            raise JobRejected("the job file is a socket, not a regular file; write a regular file") from None
-        raise JobRejected(f"cannot open the job file: {exc.strerror}") from None
+            raise JobRejected(
+                "the job file is a socket or a device, not a regular file; write a regular file"
+            ) from None
+        raise JobRejected(
+            f"cannot open the job file: {exc.strerror}; make it readable by the daemon's user"
+        ) from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            kind = (
-                "a directory" if stat.S_ISDIR(st.st_mode) else
-                "a FIFO" if stat.S_ISFIFO(st.st_mode) else
-                "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else
-                "not a regular file"
-            )
-            raise JobRejected(f"the job file is {kind}; write a regular file into incoming/")
+        _require_regular(st)
+        if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
+            raise JobRejected("the job file was replaced while it was being read; write it again")
         if st.st_nlink > 1:
             raise JobRejected(
                 "the job file has other hard links; write a new file in spool/tmp/ and rename it into incoming/"
             )
         if st.st_size > JOB_FILE_MAX_BYTES:
             raise JobRejected(
-                f"the job file is {st.st_size} bytes; the limit is {JOB_FILE_MAX_BYTES} bytes (64 KiB)"
+                f"the job file is {st.st_size} bytes; the limit is {JOB_FILE_MAX_BYTES} bytes (64 KiB): "
+                "a job file only names a URL and a few options"
             )
         chunks = []
         remaining = JOB_FILE_MAX_BYTES + 1
@@ -153,15 +206,42 @@ def read_job_file(name: str, dir_fd: int) -> tuple[bytes, os.stat_result]:
         if len(data) > JOB_FILE_MAX_BYTES:
             raise JobRejected(f"the job file grew past the limit of {JOB_FILE_MAX_BYTES} bytes (64 KiB)")
         return data, st
+    except OSError as exc:
+        raise JobRejected(f"cannot read the job file: {exc.strerror}; write it again") from None
     finally:
         os.close(fd)
 
 
+_BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _JobLoader(_BaseLoader):  # type: ignore[misc, valid-type]
+    """Cargador seguro que además rechaza claves repetidas y claves de fusión (``<<``).
+
+    PyYAML se queda en silencio con el último valor de una clave repetida: ``url`` escrito dos
+    veces descargaría algo distinto de lo que una persona lee primero.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        for key_node, _value in node.value:
+            if key_node.tag == _MERGE_TAG:
+                raise JobRejected("YAML merge keys (<<) are not allowed in job files; write each key out")
+        mapping = super().construct_mapping(node, deep=deep)
+        if len(mapping) != len(node.value):
+            seen: list[Any] = []
+            for key_node, _value in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if key in seen:
+                    raise JobRejected(f"duplicate key {_shown(key, 40)} in the job file; write each key once")
+                seen.append(key)
+        return mapping
+
+
 def _check_yaml_events(text: str) -> None:
     """Rechaza alias, anclas, etiquetas explícitas y anidamiento profundo antes de construir nada."""
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     depth = 0
-    for event in yaml.parse(text, Loader=loader):
+    for event in yaml.parse(text, Loader=_BaseLoader):
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
             raise JobRejected("YAML anchors and aliases (&x, *x) are not allowed in job files; write values out")
         if getattr(event, "tag", None) is not None:
@@ -174,32 +254,83 @@ def _check_yaml_events(text: str) -> None:
             depth -= 1
 
 
+def _too_deep(document: Any, limit: int) -> bool:
+    """Si un documento ya construido anida listas o mapas a más de ``limit`` niveles (iterativo)."""
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > limit:
+                return True
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` que rechaza claves repetidas (orjson y json se quedan con la última)."""
+    mapping: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in mapping:
+            raise JobRejected(f"duplicate key {_shown(key, 40)} in the job file; write each key once")
+        mapping[key] = value
+    return mapping
+
+
+def _load_json(text: str) -> Any:
+    try:
+        document = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):
+            raise JobRejected(f"the job file nests deeper than {_MAX_DEPTH} levels; use a flat mapping") from None
+        raise JobRejected(f"not valid JSON: {exc}; check the file with `jq . FILE`") from None
+    if _too_deep(document, _MAX_DEPTH):
+        raise JobRejected(f"the job file nests deeper than {_MAX_DEPTH} levels; use a flat mapping")
+    try:
+        # orjson ya validó el texto y la profundidad: aquí sólo se buscan claves repetidas.
+        json.loads(text, object_pairs_hook=_json_pairs)
+    except (ValueError, RecursionError) as exc:
+        raise JobRejected(f"not valid JSON: {exc}") from None
+    return document
+
+
 def load_job_document(data: bytes, suffix: str) -> Any:
     """Convierte los bytes de un archivo de trabajo en un documento (JSON o YAML estricto)."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise JobRejected("the job file is UTF-16 or UTF-32 text (it starts with a byte order mark); save it as UTF-8")
     if b"\x00" in data:
-        raise JobRejected("the job file contains NUL bytes; it must be UTF-8 text (YAML or JSON)")
+        raise JobRejected(
+            "the job file contains NUL bytes (binary data or UTF-16/UTF-32 text); it must be UTF-8 text (YAML or JSON)"
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise JobRejected(f"the job file is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     if text.startswith("\ufeff"):
         text = text[1:]
+    if not text.strip():
+        raise JobRejected("the job file is empty; write at least a line like url: https://example.org/file.mp4")
     if suffix == ".json":
-        try:
-            return orjson.loads(text)
-        except orjson.JSONDecodeError as exc:
-            raise JobRejected(f"not valid JSON: {exc}") from None
+        return _load_json(text)
     try:
         _check_yaml_events(text)
-        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        documents = list(yaml.load_all(text, Loader=loader))
+        documents = list(yaml.load_all(text, Loader=_JobLoader))
     except JobRejected:
         raise
     except yaml.YAMLError as exc:
-        detail = str(exc).replace("\n", " ")
+        detail = " ".join(str(exc).replace('in "<unicode string>", ', "").split())
         raise JobRejected(f"not valid YAML: {detail[:300]}") from None
-    except (RecursionError, ValueError, OverflowError) as exc:
-        raise JobRejected(f"not a valid job document: {type(exc).__name__}") from None
+    except RecursionError:
+        raise JobRejected(f"the job file nests deeper than {_MAX_DEPTH} levels; use a flat mapping") from None
+    except (ValueError, OverflowError) as exc:
+        # Fechas imposibles (2024-02-30), enteros de miles de cifras...: el mensaje de Python,
+        # sin su consejo para programadores tras el punto y coma.
+        detail = str(exc).split(";", 1)[0][:160]
+        raise JobRejected(
+            f"a value in the job file cannot be read ({detail}); quote dates, times and very long numbers"
+        ) from None
+    if not documents:
+        raise JobRejected("the job file holds only comments; write at least a line like url: https://example.org/file.mp4")
     if len(documents) != 1:
         raise JobRejected(f"the job file holds {len(documents)} YAML documents; put exactly one job in a file")
     return documents[0]
@@ -230,16 +361,20 @@ def _validate_url(value: Any, limits: JobLimits) -> str:
         raise JobRejected("'url' must be a non-empty string like https://example.org/file.mp4")
     if len(value) > _MAX_URL:
         raise JobRejected(f"'url' is longer than {_MAX_URL} characters")
-    if _CONTROL.search(value) or " " in value:
-        raise JobRejected("'url' contains spaces or control characters; percent-encode them")
-    if value.startswith("-"):
-        raise JobRejected("'url' must start with a scheme like https://, not '-'")
+    if value.lstrip().startswith("-"):
+        raise JobRejected("'url' must start with a scheme like https://, not '-' (it is never passed as an option)")
+    if _CONTROL.search(value) or any(ch.isspace() for ch in value):
+        raise JobRejected("'url' contains spaces or control characters; percent-encode them (%20)")
     try:
         parts = urlsplit(value)
         port = parts.port
     except ValueError as exc:
-        raise JobRejected(f"'url' is not a valid URL: {exc}") from None
+        # El mensaje de urllib puede citar el netloc, con credenciales: no se repite.
+        detail = "characters not allowed in the host" if "netloc" in str(exc) else str(exc)
+        raise JobRejected(f"'url' is not a valid URL ({detail}); write it like https://example.org/file.mp4") from None
     scheme = parts.scheme.lower()
+    if not scheme:
+        raise JobRejected("'url' has no scheme; write it in full like https://example.org/file.mp4")
     if scheme not in limits.allowed_schemes:
         raise JobRejected(
             f"URL scheme {scheme or '(none)'!r} is not allowed; allowed: {', '.join(limits.allowed_schemes)}"
@@ -247,7 +382,7 @@ def _validate_url(value: Any, limits: JobLimits) -> str:
     if not parts.hostname:
         raise JobRejected("'url' has no host; write a full URL like https://example.org/file.mp4")
     if port == 0:
-        raise JobRejected("'url' has port 0")
+        raise JobRejected("'url' has port 0; give a real port or none")
     return value
 
 
@@ -267,6 +402,14 @@ def _validate_output_dir(value: Any) -> str:
     return "/".join(parts)
 
 
+def _kind_name(value: Any) -> str:
+    """Nombre del tipo de un valor en palabras de YAML/JSON."""
+    return {
+        dict: "a mapping", list: "a list", str: "a string", bool: "true/false", int: "a number",
+        float: "a number", type(None): "nothing (null)",
+    }.get(type(value), type(value).__name__)
+
+
 def _validate_int(value: Any, field: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise JobRejected(f"'{field}' must be an integer from {low} to {high}, got {value!r}")
@@ -283,6 +426,7 @@ def _validate_headers(value: Any) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, dict) or len(value) > 32:
         raise JobRejected("'headers' must be a mapping of at most 32 header names to string values")
     headers = []
+    seen: set[str] = set()
     for name, header_value in value.items():
         if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
             raise JobRejected(f"header name {str(name)[:40]!r} is not a valid HTTP header name")
@@ -290,6 +434,9 @@ def _validate_headers(value: Any) -> tuple[tuple[str, str], ...]:
             raise JobRejected(f"header {name!r} is set by the downloader and cannot be given in a job")
         if not isinstance(header_value, str) or _CONTROL.search(header_value) or len(header_value) > 4096:
             raise JobRejected(f"header {name!r} must be a single-line string of at most 4096 characters")
+        if name.lower() in seen:
+            raise JobRejected(f"header {name!r} is given twice (header names ignore case); keep one")
+        seen.add(name.lower())
         headers.append((name, header_value))
     return tuple(headers)
 
@@ -303,16 +450,23 @@ def parse_job(data: bytes, file_name: str, limits: JobLimits) -> JobSpec:
         )
     document = load_job_document(data, suffix)
     if not isinstance(document, dict):
-        raise JobRejected("a job file must be a mapping with at least 'url:'; see docs/jobs.md")
-    unknown = [str(k) for k in document if k not in JOB_FIELDS]
+        raise JobRejected(
+            f"a job file must be a mapping of keys to values (got {_kind_name(document)}), "
+            "with at least a line like url: https://example.org/file.mp4"
+        )
+    unknown = sorted(str(k) if isinstance(k, str) else _shown(k, 40) for k in document if k not in JOB_FIELDS)
     if unknown:
-        raise JobRejected(f"unknown key(s) {', '.join(sorted(unknown))[:200]}; allowed: {', '.join(JOB_FIELDS)}")
+        raise JobRejected(f"unknown key(s) {', '.join(unknown)[:200]}; allowed: {', '.join(JOB_FIELDS)}")
     if "url" not in document:
         raise JobRejected("the job has no 'url'; add a line like url: https://example.org/file.mp4")
     fields: dict[str, Any] = {"url": _validate_url(document["url"], limits)}
     stem = file_name[: -len(suffix)]
     if "id" in document:
-        if not isinstance(document["id"], str) or not CORRELATION_ID_PATTERN.fullmatch(document["id"]):
+        if not isinstance(document["id"], str):
+            raise JobRejected(
+                f"'id' must be a string, got {_kind_name(document['id'])}; quote it, like id: \"clip-42\""
+            )
+        if not CORRELATION_ID_PATTERN.fullmatch(document["id"]):
             raise JobRejected(
                 f"'id' {str(document['id'])[:80]!r} is not valid: use 1 to 64 characters from A-Z, a-z, 0-9, _ and -"
             )
@@ -352,6 +506,8 @@ def _validate_optional_fields(document: dict[Any, Any], fields: dict[str, Any], 
             size = parse_size(document["max_bytes"])
         except ValueError as exc:
             raise JobRejected(f"'max_bytes': {exc}") from None
+        except OverflowError:
+            raise JobRejected("'max_bytes' is too large; give a size like 500MB or 2GiB") from None
         if size <= 0:
             raise JobRejected("'max_bytes' must be above zero")
         fields["max_bytes"] = min(size, limits.max_bytes)
@@ -360,6 +516,8 @@ def _validate_optional_fields(document: dict[Any, Any], fields: dict[str, Any], 
             seconds = parse_duration(document["timeout"])
         except ValueError as exc:
             raise JobRejected(f"'timeout': {exc}") from None
+        except OverflowError:
+            raise JobRejected("'timeout' is too large; give a duration like 600, 30s or 10m (at most 24h)") from None
         if not 0 < seconds <= 86400:
             raise JobRejected("'timeout' must be above zero and at most 24h")
         fields["timeout"] = seconds

@@ -52,9 +52,10 @@ def open_output_dir(output_root: Path, subdir: str | None) -> tuple[int, Path]:
                 child = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise PermanentDownloadError(
+                    # Es un problema del almacenamiento de salida (como EACCES o ENOSPC): kind storage.
+                    raise StorageError(
                         f"output_dir component {part!r} under {path} is not a real folder (symlink or file); "
-                        "remove it or choose another output_dir"
+                        "remove it or choose another output_dir", errno=exc.errno,
                     ) from None
                 raise
             os.close(fd)

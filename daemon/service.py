@@ -24,6 +24,7 @@ from daemon.downloaders.download_lifecycle import cleanup_download
 from daemon.downloaders.download_manager import DownloadManager, DownloadTask, RetryPolicy
 from daemon.downloaders.http import HttpDownloader
 from daemon.events import get_logger, reopen_event_log, set_log_level
+from daemon.faultpoints import crash_point
 from daemon.jobs import JobLimits, JobRejected, JobSpec, parse_job
 from daemon.reaper import reap_temp_root
 from daemon.spool import Spool
@@ -239,6 +240,7 @@ class Daemon:
             if not self._claiming or claimed >= room:
                 break
             if self.spool.claim(entry.name):
+                crash_point("after_claim")
                 claimed += 1
                 self._accept(entry.name)
                 if claimed % _CLAIM_BATCH == 0:

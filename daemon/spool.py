@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from daemon.dirlock import DirLock, DirLockBusy
+from daemon.faultpoints import crash_point
 from daemon.ids import CORRELATION_ID_PATTERN, new_correlation_id
 from daemon.jobs import is_candidate_name, read_job_file
 
@@ -231,6 +232,7 @@ class Spool:
             os.fsync(fd)
         finally:
             os.close(fd)
+        crash_point("mid_record_write")
         try:
             if overwrite:
                 os.rename(tmp, path)

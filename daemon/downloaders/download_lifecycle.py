@@ -32,6 +32,7 @@ from typing import Any  # noqa: E402
 from daemon.dirlock import DirLock  # noqa: E402
 from daemon.downloaders.base import DownloadError, DownloadOptions, DownloadResult, ProgressCallback  # noqa: E402
 from daemon.events import get_logger  # noqa: E402
+from daemon.faultpoints import crash_point  # noqa: E402
 from daemon.ids import validate_correlation_id  # noqa: E402
 from daemon.temp_manager import TempManager  # noqa: E402
 
@@ -250,6 +251,7 @@ class DownloadLifecycle:
             path=str(result.path), size=result.size, sha256=result.sha256,
             duration_s=round(self.record.finished_at - (self.record.started_at or self.record.created_at), 3),
         )
+        crash_point("mid_cleanup")
         self.isolated.cleanup() if self.cleanup_on_success else self.isolated.release()
 
     def _finish_failed(self, exc: BaseException) -> None:

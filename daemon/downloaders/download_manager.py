@@ -32,6 +32,7 @@ from daemon.downloaders.base import (
 )
 from daemon.downloaders.download_lifecycle import DownloadLifecycle, safe_filename_in
 from daemon.events import bind_correlation_id, get_logger
+from daemon.faultpoints import crash_point
 from daemon.publish import PUBLISH_MARKER, publish_file, recover_publication
 
 __all__ = ["DownloadManager", "DownloadTask", "RetryPolicy"]
@@ -322,6 +323,7 @@ class DownloadManager:
                     f"sha256 of the download is {result.sha256}, the job expected {options.sha256}",
                     expected=options.sha256, actual=result.sha256,
                 )
+            crash_point("before_publish")
             published = await asyncio.get_running_loop().run_in_executor(
                 None, publish_file, result.path, self.output_root, task.output_subdir, result.filename, marker,
                 self.fsync,
@@ -331,6 +333,7 @@ class DownloadManager:
             task.result = result
             _log.info("job.published", correlation_id=task.correlation_id, path=str(published.path),
                       renamed=published.renamed, size=result.size, sha256=result.sha256)
+            crash_point("after_publish")
             if self.on_published is not None:
                 self.on_published(task)
             return result

@@ -46,6 +46,7 @@ from daemon.downloaders.base import (
 )
 from daemon.downloaders.netguard import forbidden_reason
 from daemon.events import redact
+from daemon.faultpoints import crash_point
 
 __all__ = ["HttpDownloader", "filename_from_response", "sanitize_filename"]
 
@@ -222,14 +223,18 @@ class HttpDownloader:
                 response = await session.get(url, headers=headers, allow_redirects=False, timeout=timeout)
             except PrivateAddressRefused:
                 raise
+            except TimeoutError:
+                # Antes que OSError/ClientError: TimeoutError es un OSError y ServerTimeoutError de
+                # aiohttp es ambas cosas; un servidor callado es un timeout, no un fallo de conexión.
+                raise DownloadTimeout(
+                    f"no answer from {url.host}:{url.port} within {options.timeout:.0f}s"
+                ) from None
             except (aiohttp.InvalidURL, ValueError) as exc:
                 raise HTTPClientError(f"invalid URL {redact(str(url))}: {exc}") from None
             except aiohttp.ClientConnectorDNSError as exc:
                 raise ConnectionFailed(f"cannot resolve {url.host}: {exc.os_error}") from None
             except (aiohttp.ClientError, OSError) as exc:
                 raise ConnectionFailed(f"cannot connect to {url.host}:{url.port}: {exc}") from None
-            except TimeoutError:
-                raise DownloadTimeout(f"timed out connecting to {url.host}:{url.port}") from None
             if response.status in _REDIRECTS and "Location" in response.headers:
                 location = response.headers["Location"]
                 response.release()
@@ -317,19 +322,22 @@ class HttpDownloader:
                         await pending
                     pending = loop.run_in_executor(self._executor, sink.write, buffer)
                     buffer = bytearray()
+                    crash_point("mid_download")
                     now = time.monotonic()
                     if progress is not None and now - last_report >= 0.25:
                         last_report = now
                         progress(received, total)
+        except TimeoutError:
+            # Primero: ServerTimeoutError de aiohttp también es un ClientError.
+            await self._drain(pending, sink, buffer, loop)
+            raise DownloadTimeout(f"no data from the server for {options.timeout:.0f}s",
+                                  received=received) from None
         except aiohttp.ClientPayloadError as exc:
             await self._drain(pending, sink, buffer, loop)
             raise IncompleteBody(f"the connection ended early: {exc}", received=received) from None
         except (aiohttp.ClientError, ConnectionError) as exc:
             await self._drain(pending, sink, buffer, loop)
             raise ConnectionFailed(f"the connection failed mid-body: {exc}", received=received) from None
-        except TimeoutError:
-            await self._drain(pending, sink, buffer, loop)
-            raise DownloadTimeout(f"no data from the server for {options.timeout:.0f}s") from None
         await self._drain(pending, sink, buffer, loop)
         if progress is not None:
             progress(received, total)

@@ -69,8 +69,8 @@ __all__ = [
     "YtdlpDownloader",
     "YtdlpFailed",
     "build_argv",
-    "classify_failure",
     "claiming_extractor",
+    "classify_failure",
     "pick_downloader",
     "ytdlp_command",
     "ytdlp_version",
@@ -212,7 +212,7 @@ def claiming_extractor(url: str) -> str | None:
             if match(url):
                 found = key
                 break
-        except Exception:  # noqa: S112 - un suitable() propio que falle no decide nada
+        except Exception:
             continue
     _claims[url] = found
     if len(_claims) > _CLAIMS_MAX:
@@ -544,8 +544,8 @@ class _SubprocessRun(_Running):
         loop = asyncio.get_running_loop()
         try:
             while os.waitid(os.P_PID, pid, flags | os.WNOHANG) is None:
-                ready = loop.create_future()
-                loop.add_reader(pidfd, lambda: ready.done() or ready.set_result(None))
+                ready: asyncio.Future[None] = loop.create_future()
+                loop.add_reader(pidfd, _resolve, ready)
                 try:
                     await ready
                 finally:
@@ -578,6 +578,11 @@ class _ZygoteRun(_Running):
         else:
             self.exit_info = _ExitInfo(int(message["returncode"]), message.get("cpu_s"))
         return self.exit_info
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def _pipe_reader(fd: int) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
@@ -680,55 +685,76 @@ class _ZygoteClient:
         self._failed_at = time.monotonic()
 
     async def spawn(self, argv: Sequence[str], cwd: Path, guard: bool) -> _ZygoteRun:
-        """Pide al zigoto un hijo para ``argv``. ``_ZygoteUnavailable`` si no llegó a empezar."""
+        """Pide al zigoto un hijo para ``argv``. ``_ZygoteUnavailable`` si no llegó a empezar.
+
+        Una vez enviada la petición, el resto (esperar el pid, abrir las tuberías) termina
+        aunque llegue una cancelación, que se entrega después: así ningún hijo queda sin dueño.
+        """
         control = self.control
         if control is None:
             raise _ZygoteUnavailable("not running")
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        sent = False
         try:
             payload = json.dumps({"argv": list(argv), "cwd": str(cwd), "guard": guard}).encode()
             await _send_fds(control, payload, [out_w, err_w, theirs.fileno()])
-            sent = True
-        except OSError as exc:
+        except BaseException as exc:
             for fd in (out_r, err_r):
                 os.close(fd)
             ours.close()
-            async with self._lock:
-                if self.control is control:
-                    self._discard(f"request failed: {exc.strerror or exc}")
-            raise _ZygoteUnavailable(str(exc)) from None
+            if isinstance(exc, OSError):
+                async with self._lock:
+                    if self.control is control:
+                        self._discard(f"request failed: {exc.strerror or exc}")
+                raise _ZygoteUnavailable(str(exc)) from None
+            raise
         finally:
             os.close(out_w)
             os.close(err_w)
             theirs.close()
-        assert sent
-        status, status_writer = await asyncio.open_unix_connection(sock=ours)
-        transports: list[asyncio.BaseTransport] = [status_writer.transport]
         try:
+            return await _complete(self._accept(control, ours, out_r, err_r))
+        except _ZygoteUnavailable as exc:
+            async with self._lock:
+                if self.control is control:
+                    self._discard(f"no reply to a job request: {exc}")
+            raise
+
+    async def _accept(self, control: socket.socket, ours: socket.socket, out_r: int,
+                      err_r: int) -> _ZygoteRun:
+        """Espera el pid del hijo y abre sus tuberías; si no llega, no hubo hijo."""
+        transports: list[asyncio.BaseTransport] = []
+        try:
+            # Lector a mano, sin StreamWriter: su __del__ cerraría el socket al recogerse.
+            status = asyncio.StreamReader(limit=_LINE_LIMIT)
+            t_status, _ = await asyncio.get_running_loop().create_unix_connection(
+                lambda: asyncio.StreamReaderProtocol(status), sock=ours
+            )
+            transports.append(t_status)
             async with asyncio.timeout(_SPAWN_REPLY_TIMEOUT):
                 line = await status.readline()
             reply = json.loads(line) if line else {}
-            if "pid" not in reply:
-                raise _ZygoteUnavailable(str(reply.get("error") or "the zygote did not start the job"))
+            if not isinstance(reply, dict) or "pid" not in reply:
+                error = reply.get("error") if isinstance(reply, dict) else None
+                raise _ZygoteUnavailable(str(error or "the zygote did not start the job"))
             stdout, t_out = await _pipe_reader(out_r)
+            out_r = -1
             transports.append(t_out)
             stderr, t_err = await _pipe_reader(err_r)
+            err_r = -1
             transports.append(t_err)
-        except BaseException as exc:
-            for transport in transports:
-                transport.close()
-            for fd in (out_r, err_r):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            if isinstance(exc, (_ZygoteUnavailable, ValueError, TimeoutError)):
-                async with self._lock:
-                    if self.control is control:
-                        self._discard(f"no reply to a job request: {exc}")
-                raise _ZygoteUnavailable(str(exc)) from None
-            raise
+        except (OSError, ValueError, TimeoutError) as exc:
+            raise _ZygoteUnavailable(str(exc) or type(exc).__name__) from None
+        finally:
+            if err_r >= 0:
+                for transport in transports:
+                    transport.close()
+                if not transports:
+                    ours.close()
+                for fd in (out_r, err_r):
+                    if fd >= 0:
+                        os.close(fd)
         return _ZygoteRun(int(reply["pid"]), stdout, stderr, transports, status)
 
     async def aclose(self) -> None:
@@ -756,12 +782,31 @@ async def _send_fds(sock: socket.socket, payload: bytes, fds: list[int]) -> None
             socket.send_fds(sock, [payload], fds)
             return
         except BlockingIOError:
-            ready = loop.create_future()
-            loop.add_writer(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+            ready: asyncio.Future[None] = loop.create_future()
+            loop.add_writer(sock.fileno(), _resolve, ready)
             try:
                 await ready
             finally:
                 loop.remove_writer(sock.fileno())
+
+
+async def _complete(coro: Any) -> Any:
+    """Espera ``coro`` hasta el final aunque cancelen la tarea actual; la cancelación se vuelve
+    a pedir al terminar, de modo que llega en el siguiente ``await`` (tras la limpieza)."""
+    task = asyncio.ensure_future(coro)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                break
+            cancelled = True
+    if cancelled:
+        current = asyncio.current_task()
+        if current is not None:
+            current.cancel()
+    return task.result()
 
 
 # --- estado de una ejecución ------------------------------------------------------------------
@@ -772,7 +817,6 @@ class _RunState:
         self.max_bytes = max_bytes
         self.progress = progress
         self.completed = 0  # bytes de archivos ya terminados (vídeo + audio por separado, etc.)
-        self.current = 0
         self.files: list[str] = []
         self.extractor: str | None = None
         self.media_id: str | None = None
@@ -803,18 +847,13 @@ class _RunState:
         downloaded = _as_int(data.get("downloaded_bytes")) or 0
         total = _as_int(data.get("total_bytes"))
         estimate = total or _as_int(data.get("total_bytes_estimate"))
-        seen = self.completed + downloaded
+        base = self.completed
+        seen = base + downloaded
         if data.get("status") == "finished":
-            self.completed += total or downloaded
-            self.current = 0
-        else:
-            self.current = downloaded
-        if seen > self.max_bytes or (total is not None and self.completed + (0 if data.get("status") ==
-                                                                           "finished" else total)
-                                     > self.max_bytes):
-            raise _SizeLimitHit(max(seen, total or 0))
+            self.completed = base + (total or downloaded)
+        if seen > self.max_bytes or (total is not None and base + total > self.max_bytes):
+            raise _SizeLimitHit(max(seen, base + (total or 0)))
         if self.progress is not None:
-            base = self.completed - (total or downloaded) if data.get("status") == "finished" else self.completed
             self.progress(seen, base + estimate if estimate else None)
 
 
@@ -978,9 +1017,14 @@ class YtdlpDownloader:
         finally:
             os.close(out_w)
             os.close(err_w)
-        stdout, t_out = await _pipe_reader(out_r)
-        stderr, t_err = await _pipe_reader(err_r)
-        return _SubprocessRun(popen, stdout, stderr, [t_out, t_err])
+
+        async def attach() -> _SubprocessRun:
+            stdout, t_out = await _pipe_reader(out_r)
+            stderr, t_err = await _pipe_reader(err_r)
+            return _SubprocessRun(popen, stdout, stderr, [t_out, t_err])
+
+        # El proceso ya corre: terminar de engancharlo aunque llegue una cancelación.
+        return await _complete(attach())
 
     async def _consume(self, run: _Running, state: _RunState) -> None:
         """Lee stdout (progreso, archivos) y stderr a la vez hasta que ambos se cierran."""
@@ -1015,18 +1059,8 @@ class YtdlpDownloader:
 
     async def _terminate_uninterruptibly(self, run: _Running) -> _ExitInfo:
         """``_terminate`` que sobrevive a nuevas cancelaciones: ningún proceso queda atrás."""
-        task = asyncio.ensure_future(self._terminate(run))
-        cancelled = False
-        while not task.done():
-            try:
-                await asyncio.shield(task)
-            except asyncio.CancelledError:
-                cancelled = True
-        if cancelled:
-            current = asyncio.current_task()
-            if current is not None:
-                current.cancel()  # se entrega la cancelación en el siguiente await
-        return task.result()
+        result: _ExitInfo = await _complete(self._terminate(run))
+        return result
 
     def _details(self, state: _RunState, exit_info: _ExitInfo | None, version: str,
                  with_tail: bool = True) -> dict[str, Any]:
