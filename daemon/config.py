@@ -23,8 +23,8 @@ __all__ = [
     "ConfigError",
     "DownloadSettings",
     "ReaperSettings",
-    "Settings",
     "SettingSpec",
+    "Settings",
     "YtdlpSettings",
     "default_settings",
     "load_settings",
@@ -70,6 +70,8 @@ class YtdlpSettings:
 
     enabled: bool = True
     kill_grace: float = 5.0
+    socket_timeout: float = 30.0
+    zygote: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +194,11 @@ SCHEMA: tuple[SettingSpec, ...] = (
     SettingSpec("ytdlp.enabled", "boolean", "true", False, "allow the yt-dlp downloader", _boolean),
     SettingSpec("ytdlp.kill_grace", "duration", "5s", False, "TERM-to-KILL wait for a yt-dlp process",
                 parse_duration),
+    SettingSpec("ytdlp.socket_timeout", "duration", "30s", False,
+                "yt-dlp --socket-timeout (capped by the job's timeout)", _positive_duration),
+    SettingSpec("ytdlp.zygote", "boolean", "true", False,
+                "fork each yt-dlp job from a warm helper process (~0.1 s CPU per job instead of ~0.6 s)",
+                _boolean),
 )
 _SPECS = {spec.key: spec for spec in SCHEMA}
 _SECTIONS = {"download": DownloadSettings, "reaper": ReaperSettings, "ytdlp": YtdlpSettings}

@@ -8,6 +8,7 @@ El archivo se reabre a demanda (SIGHUP, logrotate).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -79,8 +80,9 @@ class EventLogFile:
                 if fd is None:
                     return
                 written = os.write(fd, data)
-            if written != len(data):  # escritura parcial (disco casi lleno): no dejar una línea rota
-                raise OSError(28, "short write to event log")
+                if written != len(data):  # escritura parcial (disco casi lleno): no dejar una línea rota
+                    _drop_partial_line(fd, written)
+                    raise OSError(28, "short write to event log")
         except OSError as exc:
             self.dropped += 1
             now = time.monotonic()
@@ -99,6 +101,19 @@ class EventLogFile:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+
+
+def _drop_partial_line(fd: int, written: int) -> None:
+    """Quita del final del archivo los ``written`` bytes de una línea a medias.
+
+    Sin esto, el siguiente evento (cuando vuelva a haber sitio) se pegaría al trozo y la línea
+    resultante no sería JSON. Sólo se recorta si el trozo sigue siendo lo último del archivo (con
+    O_APPEND, la posición tras write(2) es el final de lo escrito): otro proceso pudo añadir detrás.
+    """
+    with contextlib.suppress(OSError):  # no es un archivo normal (tubería, /dev/full): nada que recortar
+        end = os.lseek(fd, 0, os.SEEK_CUR)
+        if os.fstat(fd).st_size == end:
+            os.ftruncate(fd, end - written)
 
 
 _log_file: EventLogFile | None = None
@@ -169,10 +184,8 @@ def _echo_to_stderr(_logger: Any, _method: str, event_dict: MutableMapping[str, 
         cid = event_dict.get("correlation_id")
         prefix = f"[{cid}] " if cid else ""
         line = f"{event_dict['level'].upper():7} {event_dict['event']} {prefix}{extras}".rstrip()
-        try:
+        with contextlib.suppress(OSError, ValueError):  # stderr cerrado: el archivo JSON manda
             sys.stderr.write(line.replace("\n", "\\n") + "\n")
-        except (OSError, ValueError):
-            pass
     return event_dict
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,11 +67,14 @@ def open_output_dir(output_root: Path, subdir: str | None) -> tuple[int, Path]:
     return fd, path
 
 
-def _candidates(filename: str) -> list[str]:
+def _candidates(filename: str, limit: int = 10000) -> Iterator[str]:
+    """``clip.mp4``, ``clip-1.mp4``, ``clip-2.mp4``... (perezoso: casi siempre basta el primero)."""
+    yield filename
     stem, dot, ext = filename.rpartition(".")
     if not stem:  # sin extensión o nombre que empieza por punto
         stem, dot, ext = filename, "", ""
-    return [filename] + [f"{stem}-{n}{dot}{ext}" for n in range(1, 10000)]
+    for n in range(1, limit):
+        yield f"{stem}-{n}{dot}{ext}"
 
 
 def _write_marker(marker: Path, data: dict[str, object]) -> None:
@@ -101,7 +105,8 @@ def publish_file(
         source_dir_fd = None
         st = os.stat(src)
         if marker is not None:
-            _write_marker(marker, {"dir": str(dir_path), "filename": filename, "ino": st.st_ino, "size": st.st_size})
+            _write_marker(marker, {"dir": str(dir_path), "filename": filename, "src": str(src), "ino": st.st_ino,
+                                   "size": st.st_size})
         for candidate in _candidates(filename):
             try:
                 if staged is None:
@@ -121,8 +126,8 @@ def publish_file(
                     raise
             published = dir_path / candidate
             if marker is not None:
-                _write_marker(marker, {"dir": str(dir_path), "filename": filename, "path": str(published),
-                                       "size": st.st_size})
+                _write_marker(marker, {"dir": str(dir_path), "filename": filename, "src": str(src),
+                                       "path": str(published), "size": st.st_size})
             if fsync:
                 os.fsync(dir_fd)
             if staged is not None:
@@ -161,11 +166,19 @@ def _stage_copy(src: Path, dir_fd: int, ino: int, fsync: bool) -> str:
 
 
 def recover_publication(marker: Path, src: Path | None) -> Path | None:
-    """Tras una caída: la ruta ya publicada según el marcador, o None si no llegó a publicarse."""
+    """Tras una caída: la ruta ya publicada según el marcador, o None si no llegó a publicarse.
+
+    Sin ``src``, se usa el origen que anotó el marcador: así una caída entre ``link()`` y la
+    actualización del marcador no acaba publicando dos veces el mismo archivo.
+    """
     try:
         data = orjson.loads(marker.read_bytes())
     except (OSError, orjson.JSONDecodeError):
         return None
+    if not isinstance(data, dict):
+        return None
+    if src is None and isinstance(data.get("src"), str):
+        src = Path(data["src"])
     published = data.get("path")
     if published:
         path = Path(published)
@@ -182,7 +195,7 @@ def recover_publication(marker: Path, src: Path | None) -> Path | None:
         return None
     ino = src.stat().st_ino
     directory = Path(data.get("dir", ""))
-    for candidate in _candidates(str(data.get("filename", "")))[:100]:
+    for candidate in _candidates(str(data.get("filename", "")), limit=100):
         try:
             if (directory / candidate).stat().st_ino == ino:
                 src.unlink()

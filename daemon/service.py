@@ -99,6 +99,7 @@ class Daemon:
             workers.append(self._spawn(lambda: self._watchdog_loop(interval), "watchdog"))
         self._scan_wanted.set()
         self._cancel_wanted.set()
+        self._write_status()
         self.notifier.ready(self._status_text())
         _log.info("daemon.ready", instance=self.spool.instance, max_concurrent=s.max_concurrent,
                   temp_dir=str(s.temp_dir), output_dir=str(s.output_dir))

@@ -30,7 +30,7 @@ from daemon.downloaders.base import (
     StorageError,
     TransientDownloadError,
 )
-from daemon.downloaders.download_lifecycle import DownloadLifecycle, safe_filename_in
+from daemon.downloaders.download_lifecycle import DownloadLifecycle, LifecycleState, safe_filename_in
 from daemon.events import bind_correlation_id, get_logger
 from daemon.faultpoints import crash_point
 from daemon.publish import PUBLISH_MARKER, publish_file, recover_publication
@@ -185,6 +185,8 @@ class DownloadManager:
             heapq.heapify(self._heap)
             task.state = "cancelled"
             task.finished_at = time.time()
+            # El mismo error que una cancelación en curso: el registro terminal dice el motivo.
+            task.error = {"kind": "cancelled", "message": "cancelled on request while queued"}
             _log.warning("job.cancelled", correlation_id=correlation_id, attempt=0, while_state="queued")
             self._forget(task)
             return True
@@ -282,14 +284,33 @@ class DownloadManager:
                           "message": "stopped by the daemon's shutdown" if task.interrupt else "cancelled on request"}
         except DownloadError as exc:
             task.state, task.error = "failed", exc.to_record()
+        except OSError as exc:
+            # P. ej. el disco temporal lleno antes de poder crear el directorio aislado: es un
+            # fallo de almacenamiento del trabajo, no un error interno del daemon.
+            task.state = "failed"
+            if exc.errno in _STORAGE_ERRNOS or exc.errno in (errno.EACCES, errno.EPERM):
+                where = f" ({exc.filename})" if exc.filename else ""
+                task.error = StorageError(f"storage error: {exc.strerror}{where}", errno=exc.errno).to_record()
+            else:
+                task.error = {"kind": "internal", "message": f"{type(exc).__name__}: {exc}", "transient": False}
+                _log.exception("daemon.error", where="download", error=repr(exc))
+            self._log_failed_outside_lifecycle(task)
         except Exception as exc:
             task.state = "failed"
             task.error = {"kind": "internal", "message": f"{type(exc).__name__}: {exc}", "transient": False}
             _log.exception("daemon.error", where="download", error=repr(exc))
+            self._log_failed_outside_lifecycle(task)
         finally:
             task.finished_at = time.time()
             self._forget(task)
             self._dispatch()
+
+    @staticmethod
+    def _log_failed_outside_lifecycle(task: DownloadTask) -> None:
+        """``job.failed`` si el fallo llegó antes de que el ciclo de vida lo registrara (al crear
+        el directorio aislado): toda secuencia de eventos de un trabajo acaba en un evento terminal."""
+        if task.lifecycle.state is not LifecycleState.FAILED:
+            _log.error("job.failed", correlation_id=task.correlation_id, attempt=task.attempt, error=task.error)
 
     def _progress_callback(self, task: DownloadTask) -> Callable[[int, int | None], None]:
         def report(done: int, total: int | None) -> None:
@@ -335,7 +356,8 @@ class DownloadManager:
                       renamed=published.renamed, size=result.size, sha256=result.sha256)
             crash_point("after_publish")
             if self.on_published is not None:
-                self.on_published(task)
+                # El registro terminal se escribe con fsync: fuera del hilo del bucle.
+                await asyncio.get_running_loop().run_in_executor(None, self.on_published, task)
             return result
 
         return run

@@ -25,6 +25,7 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import itertools
 import json
 import mimetypes
 import os
@@ -72,6 +73,7 @@ __all__ = [
     "claiming_extractor",
     "classify_failure",
     "pick_downloader",
+    "preload_extractors",
     "ytdlp_command",
     "ytdlp_version",
 ]
@@ -151,19 +153,39 @@ def ytdlp_version() -> str:
 
 # --- elección de descargador (downloader: auto) ------------------------------------------------
 _Matcher = Callable[[str], Any]
+
+
+@dataclass(slots=True)
+class _ExtractorIndex:
+    """Índice de extractores.
+
+    ``ordered``: (clave, coincidencia) en el orden de yt-dlp, para dar la respuesta exacta.
+    ``patterns``: todos los ``_VALID_URL`` compilados (también los de las clases que redefinen
+    ``suitable``), para descartar deprisa con ``any(map(re.Pattern.match, ...))``, un bucle en C.
+    ``always``: los ``suitable`` propios de clases sin ``_VALID_URL``, que hay que llamar siempre.
+
+    El descarte rápido es exacto porque un ``suitable`` propio sólo estrecha su ``_VALID_URL``
+    en favor de otro extractor no genérico (así son las 75 clases que lo redefinen en yt-dlp
+    2026.10.26): si ningún ``_VALID_URL`` coincide, ningún extractor reclama la URL.
+    """
+
+    ordered: list[tuple[str, _Matcher]]
+    patterns: list[re.Pattern[str]]
+    always: list[_Matcher]
+
+
 _index_lock = threading.Lock()
-_index: list[tuple[str, _Matcher]] | None = None
+_index: _ExtractorIndex | None = None
 _claims: collections.OrderedDict[str, str | None] = collections.OrderedDict()
 _CLAIMS_MAX = 1024
 
 
-def _load_index() -> list[tuple[str, _Matcher]]:
-    """Carga una vez las clases de extractores de yt-dlp y compila sus ``_VALID_URL``.
+def _load_index() -> _ExtractorIndex:
+    """Carga una vez las clases de extractores de yt-dlp y prepara el índice.
 
-    Devuelve, en el orden de yt-dlp y sin el genérico, pares (clave, función de coincidencia):
-    el ``match`` de cada expresión compilada cuando la clase usa el ``suitable`` por defecto (lo
-    más rápido) o su propio ``suitable`` cuando lo redefine. Se omiten las clases que yt-dlp no
-    usa por defecto (``_ENABLED = False``).
+    Se omiten el genérico y las clases que yt-dlp no usa por defecto (``_ENABLED = False``).
+    Se compilan los ``_VALID_URL`` (los mismos objetos que usa yt-dlp) y se hace una pasada de
+    prueba para que los ``suitable`` propios compilen ya lo que compilan perezosamente.
     """
     global _index
     with _index_lock:
@@ -171,21 +193,36 @@ def _load_index() -> list[tuple[str, _Matcher]]:
             return _index
         from yt_dlp.extractor import gen_extractor_classes
 
-        entries: list[tuple[str, _Matcher]] = []
+        ordered: list[tuple[str, _Matcher]] = []
+        patterns: list[re.Pattern[str]] = []
+        always: list[_Matcher] = []
         for klass in gen_extractor_classes():
             key = klass.ie_key()
             if key == "Generic" or not getattr(klass, "_ENABLED", True):
                 continue
-            if _default_suitable(klass):
-                if klass._VALID_URL is False:
-                    continue
+            own: tuple[re.Pattern[str], ...] = ()
+            if klass._VALID_URL:
                 klass._match_valid_url("")  # compila y guarda _VALID_URL_RE en la clase
-                patterns = klass.__dict__.get("_VALID_URL_RE") or ()
-                entries.extend((key, pattern.match) for pattern in patterns)
+                own = tuple(klass.__dict__.get("_VALID_URL_RE") or ())
+            patterns.extend(own)
+            if _default_suitable(klass):
+                ordered.extend((key, pattern.match) for pattern in own)
             else:
-                entries.append((key, klass.suitable))
-        _index = entries
-        return entries
+                ordered.append((key, klass.suitable))
+                if not own:
+                    always.append(klass.suitable)
+        for _key, match in ordered:  # pasada de prueba: compilaciones perezosas
+            _safe(match, "http://127.0.0.1/")
+        _index = _ExtractorIndex(ordered, patterns, always)
+        return _index
+
+
+def preload_extractors() -> None:
+    """Prepara ya el índice de ``pick_downloader`` (importa yt_dlp; ~1 s de CPU una vez).
+
+    Opcional; pensado para ``await asyncio.to_thread(preload_extractors)`` al arrancar, para
+    que el primer trabajo ``auto`` no bloquee el bucle de eventos."""
+    _load_index()
 
 
 def _default_suitable(klass: type) -> bool:
@@ -197,23 +234,33 @@ def _default_suitable(klass: type) -> bool:
     return True
 
 
+def _safe(match: _Matcher, url: str) -> bool:
+    try:
+        return bool(match(url))
+    except Exception:
+        return False  # un suitable() propio que falle no decide nada
+
+
+def _first_claim(url: str) -> str | None:
+    index = _load_index()
+    if not any(map(re.Pattern.match, index.patterns, itertools.repeat(url))) and not any(
+        _safe(match, url) for match in index.always
+    ):
+        return None
+    # Algún _VALID_URL coincide: el recorrido en orden da el extractor que elegiría yt-dlp.
+    return next((key for key, match in index.ordered if _safe(match, url)), None)
+
+
 def claiming_extractor(url: str) -> str | None:
     """Clave del primer extractor de yt-dlp (no genérico) que reclama ``url``, o None.
 
-    La primera llamada importa yt_dlp y compila las expresiones (~0,4 s); las siguientes
-    cuestan ~1 ms. No usa la red ni lanza procesos.
+    La primera llamada importa yt_dlp y prepara el índice (~0,5-0,7 s, una vez por proceso);
+    las siguientes cuestan décimas de milisegundo. No usa la red ni lanza procesos.
     """
     if url in _claims:
         _claims.move_to_end(url)
         return _claims[url]
-    found: str | None = None
-    for key, match in _load_index():
-        try:
-            if match(url):
-                found = key
-                break
-        except Exception:
-            continue
+    found = _first_claim(url)
     _claims[url] = found
     if len(_claims) > _CLAIMS_MAX:
         _claims.popitem(last=False)
@@ -619,6 +666,7 @@ class _ZygoteClient:
         self.version: str | None = None
         self._lock = asyncio.Lock()
         self._failed_at: float | None = None
+        self._started_at = 0.0
 
     @property
     def pid(self) -> int | None:
@@ -629,14 +677,21 @@ class _ZygoteClient:
             if self.control is not None and self.popen is not None and self.popen.poll() is None:
                 return True
             if self.popen is not None:
-                self._discard("exited")
+                # Murió entre trabajos. Si llevaba un rato vivo se rearranca ya; si murió nada más
+                # arrancar, cuenta como fallo y se espera antes de volver a intentarlo.
+                lived = time.monotonic() - self._started_at
+                self._discard(f"exited with status {self.popen.returncode}",
+                              failed=lived < _ZYGOTE_RETRY_AFTER)
             if self._failed_at is not None and time.monotonic() - self._failed_at < _ZYGOTE_RETRY_AFTER:
                 return False
             try:
                 await self._start()
             except (OSError, TimeoutError, ValueError) as exc:
-                self._discard(str(exc) or type(exc).__name__)
+                self._discard(f"start-up failed: {exc or type(exc).__name__}")
                 return False
+            except BaseException:
+                self._discard("start-up cancelled", failed=False)
+                raise
             return True
 
     async def _start(self) -> None:
@@ -663,11 +718,12 @@ class _ZygoteClient:
         hello = json.loads(data)
         self.version = str(hello.get("ytdlp_version") or ytdlp_version())
         self._failed_at = None
+        self._started_at = time.monotonic()
         _log.info("ytdlp.zygote_started", pid=self.popen.pid, ytdlp_version=self.version,
                   startup_s=round(time.monotonic() - started, 3))
 
-    def _discard(self, reason: str) -> None:
-        """Olvida un zigoto roto (lo mata si sigue vivo) y recuerda cuándo falló."""
+    def _discard(self, reason: str, failed: bool = True) -> None:
+        """Olvida un zigoto roto (lo mata si sigue vivo); si ``failed``, recuerda cuándo falló."""
         if self.control is not None:
             self.control.close()
             self.control = None
@@ -682,7 +738,7 @@ class _ZygoteClient:
         else:
             _log.warning("ytdlp.zygote_unavailable", reason=reason, retry_after_s=_ZYGOTE_RETRY_AFTER)
         self.popen = None
-        self._failed_at = time.monotonic()
+        self._failed_at = time.monotonic() if failed else None
 
     async def spawn(self, argv: Sequence[str], cwd: Path, guard: bool) -> _ZygoteRun:
         """Pide al zigoto un hijo para ``argv``. ``_ZygoteUnavailable`` si no llegó a empezar.
@@ -921,6 +977,12 @@ class YtdlpDownloader:
     def zygote_pid(self) -> int | None:
         """Pid del zigoto si está en marcha (para el estado y las pruebas)."""
         return self._zygote.pid
+
+    async def prestart(self) -> bool:
+        """Arranca ya el zigoto (si ``use_zygote``) para que el primer trabajo no espere ~1 s.
+
+        Opcional: sin esto se arranca con el primer trabajo. True si quedó disponible."""
+        return self.use_zygote and await self._zygote.ensure_started()
 
     async def aclose(self) -> None:
         """Para el zigoto (si lo hay). Los trabajos en curso deben cancelarse antes."""

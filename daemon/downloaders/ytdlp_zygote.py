@@ -220,12 +220,20 @@ def _warm_up() -> str:
     with _NoNetwork(), contextlib.suppress(Exception):
         _parser, _opts, _urls, ydl_opts = yt_dlp.parse_options([
             "--ignore-config", "--no-plugin-dirs", "--no-cache-dir", "--quiet", "--no-warnings",
-            "--simulate", "--no-progress",
+            "--simulate", "--no-progress", "--output=%(title).150B [%(id).60B].%(ext)s",
+            "--print=before_dl:warm-up %(.{extractor_key,id,ext})j", "--max-filesize=1000",
         ])
         with yt_dlp.YoutubeDL(ydl_opts) as ydl:
             generic = ydl.get_info_extractor("Generic")
             with contextlib.suppress(Exception):
                 list(generic._extract_embeds("http://127.0.0.1/warm-up", _WARM_UP_PAGE))
+            # Selección de formato, plantillas y --print sobre un resultado sintético, sin red.
+            with contextlib.suppress(Exception):
+                media = "http://127.0.0.1/warm-up.mp4"
+                ydl.process_ie_result({
+                    "id": "warm-up", "title": "warm-up", "extractor": "generic", "extractor_key": "Generic",
+                    "webpage_url": media, "formats": [{"url": media, "ext": "mp4", "format_id": "mp4"}],
+                }, download=False)
             # Un contexto SSL por defecto, ya memorizado para los hijos.
             with contextlib.suppress(Exception):
                 ydl._request_director.handlers  # noqa: B018

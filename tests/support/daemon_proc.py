@@ -73,11 +73,20 @@ class DaemonProcess:
             env={**os.environ, **(env or {})},
         )
         if wait_ready:
-            wait_until(lambda: self.count_events("daemon.ready") > ready_before or self.proc.poll() is not None,
-                       30, what="daemon.ready")
+            wait_until(lambda: self._ready(ready_before) or self.proc.poll() is not None, 30, what="daemon ready")
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited with {self.proc.returncode}: {self.stderr_text()}")
         return self
+
+    def _ready(self, ready_before: int) -> bool:
+        """Listo: un daemon.ready nuevo en el registro, o su archivo de estado con su pid."""
+        if self.count_events("daemon.ready") > ready_before:
+            return True
+        try:
+            status = orjson.loads(self.status_file.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return False
+        return status.get("pid") == self.pid and status.get("state") == "running"
 
     def stderr_text(self) -> str:
         try:

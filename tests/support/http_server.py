@@ -41,6 +41,7 @@ class Behavior:
     reset_after: int | None = None  # cortar la conexión tras N bytes (una vez por cada entrada)
     reset_times: int = 0
     short_by: int = 0  # declarar Content-Length mayor que el cuerpo
+    short_times: int | None = None  # aplicar short_by sólo en las N primeras peticiones (None: siempre)
     extra_bytes: int = 0  # enviar más bytes que Content-Length
     no_content_length: bool = False
     ignore_range: bool = False
@@ -49,6 +50,10 @@ class Behavior:
     headers: dict[str, str] = field(default_factory=dict)
     etag: str | None = None
     handler: Callable[[http.server.BaseHTTPRequestHandler, int], bool] | None = None
+    hold: threading.Event | None = None  # tras enviar ``hold_after`` bytes, esperar a este evento
+    hold_after: int = 0
+    hold_times: int | None = None  # retener sólo en las N primeras peticiones (None: siempre)
+    hold_timeout: float = 120.0  # tope de la espera, para no colgar nunca la suite
     hits: int = 0
 
 
@@ -115,6 +120,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if match and int(match.group(1)) < len(data):
                 start, status = int(match.group(1)), 206
         body = data[start:]
+        short_by = behavior.short_by if behavior.short_times is None or hit <= behavior.short_times else 0
         self.send_response(status)
         self.send_header("Content-Type", behavior.content_type)
         self.send_header("ETag", etag)
@@ -122,7 +128,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         if not behavior.no_content_length:
-            self.send_header("Content-Length", str(len(body) + behavior.short_by))
+            self.send_header("Content-Length", str(len(body) + short_by))
         else:
             self.send_header("Connection", "close")
         for key, value in behavior.headers.items():
@@ -133,10 +139,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if behavior.extra_bytes:
             body = body + b"x" * behavior.extra_bytes
         reset_at = behavior.reset_after if hit <= behavior.reset_times else None
+        hold = behavior.hold if behavior.hold_times is None or hit <= behavior.hold_times else None
         sent = 0
         try:
             while sent < len(body):
+                if hold is not None and sent >= behavior.hold_after:
+                    self.wfile.flush()
+                    hold.wait(behavior.hold_timeout)
+                    hold = None
                 piece = body[sent:sent + behavior.chunk]
+                if hold is not None and sent + len(piece) > behavior.hold_after:
+                    piece = piece[: behavior.hold_after - sent]
                 if reset_at is not None and sent + len(piece) > reset_at:
                     self.wfile.write(piece[: max(0, reset_at - sent)])
                     self.wfile.flush()
@@ -148,7 +161,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     time.sleep(len(piece) / behavior.rate)
         except (BrokenPipeError, ConnectionResetError):
             return
-        if behavior.short_by or behavior.no_content_length or behavior.extra_bytes:
+        if short_by or behavior.no_content_length or behavior.extra_bytes:
             self.close_connection = True
 
     def _reset(self) -> None:
