@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -45,10 +46,8 @@ def open_output_dir(output_root: Path, subdir: str | None) -> tuple[int, Path]:
     path = output_root
     try:
         for part in (subdir.split("/") if subdir else []):
-            try:
+            with contextlib.suppress(FileExistsError):
                 os.mkdir(part, 0o755, dir_fd=fd)
-            except FileExistsError:
-                pass
             try:
                 child = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
@@ -143,10 +142,8 @@ def publish_file(
         raise StorageError(f"cannot publish into {dir_path}: {exc.strerror}", errno=exc.errno) from None
     finally:
         if staged is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(staged, dir_fd=dir_fd)
-            except OSError:
-                pass
         os.close(dir_fd)
 
 

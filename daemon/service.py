@@ -425,9 +425,8 @@ class Daemon:
     # --- recolector, salud, estado, watchdog ----------------------------------------------
     async def _reaper_loop(self) -> None:
         while not self._stop.is_set():
-            skip = set(self._jobs)
             await asyncio.get_running_loop().run_in_executor(
-                None, lambda: reap_temp_root(self.settings.temp_dir, self.settings.reaper.max_age, skip)
+                None, reap_temp_root, self.settings.temp_dir, self.settings.reaper.max_age, set(self._jobs)
             )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.reaper.interval):

@@ -9,6 +9,7 @@ sus trabajos vuelven a incoming/. Así varios daemons comparten un spool sin pis
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -64,10 +65,8 @@ class Spool:
         if self._claimed_fd is not None:
             os.close(self._claimed_fd)
             self._claimed_fd = None
-        try:
+        with contextlib.suppress(OSError):
             self.claimed.rmdir()
-        except OSError:
-            pass
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -97,10 +96,8 @@ class Spool:
             try:
                 names = sorted(os.listdir(entry.path))
                 yield Path(entry.path), names
-                try:
+                with contextlib.suppress(OSError):
                     os.rmdir(entry.path)
-                except OSError:
-                    pass
             finally:
                 lock.release()
 
@@ -139,10 +136,8 @@ class Spool:
 
     def release(self, name: str) -> None:
         """El trabajo terminó y tiene registro: se borra su archivo reclamado."""
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.claimed / name)
-        except FileNotFoundError:
-            pass
 
     def requeue(self, source: Path, name: str, new_name: str | None = None) -> str:
         """Devuelve ``source/name`` a incoming/ (con ``new_name`` si se da); nunca pisa nada."""
@@ -155,10 +150,8 @@ class Spool:
         """Mueve el archivo a rejected/ y escribe ``<nombre>.reason`` con qué corregir."""
         source = source or self.claimed
         target = self._free_name(self.rejected, name, reserve_suffix=".reason")
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.rename(source / name, self.rejected / target)
-        except FileNotFoundError:
-            pass
         text = (
             f"{reason}\n\n"
             f"file: {name}\nrejected_at: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
@@ -201,10 +194,8 @@ class Spool:
             return 0.0
 
     def consume_cancel(self, job_id: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.cancel / job_id)
-        except FileNotFoundError:
-            pass
 
     # --- ayudas -------------------------------------------------------------------------
     @staticmethod

@@ -14,7 +14,6 @@ antes, la del sistema (``tempfile.gettempdir()``).
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import tempfile
 from pathlib import Path

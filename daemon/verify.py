@@ -130,7 +130,9 @@ def _check_published(record_path: Path, job_id: str, expected: dict[str, str | N
         return
     report.published += 1
     if path.stat().st_size != record.get("size"):
-        report.problems.append(f"job {job_id}: {path} has {path.stat().st_size} bytes, record says {record.get('size')}")
+        report.problems.append(
+            f"job {job_id}: {path} has {path.stat().st_size} bytes, record says {record.get('size')}"
+        )
         return
     actual = file_sha256(path)
     if actual != record.get("sha256"):
@@ -158,7 +160,7 @@ def check_event_sequences(
     """Cada línea es JSON y los eventos ``job.*`` de cada trabajo siguen el ciclo de vida."""
     problems: list[str] = []
     states: dict[str, str] = defaultdict(lambda: "none")
-    logs = sorted(event_log.parent.glob(event_log.name + ".*"), reverse=True) + [event_log]
+    logs = [*sorted(event_log.parent.glob(event_log.name + ".*"), reverse=True), event_log]
     count = 0
     for log in logs:
         if not log.is_file():

@@ -3,8 +3,8 @@
 from daemon.downloaders.base import (
     ChecksumMismatch,
     ConnectionFailed,
-    DownloadError,
     Downloader,
+    DownloadError,
     DownloadOptions,
     DownloadResult,
     DownloadTimeout,

@@ -19,22 +19,22 @@ if __name__ == "__main__":  # pragma: no cover - sólo al ejecutarlo como script
     _here = _os.path.dirname(_os.path.abspath(__file__))
     _sys.path[:] = [p for p in _sys.path if _os.path.abspath(p or ".") != _here]
 
-import asyncio  # noqa: E402
-import enum  # noqa: E402
-import shutil  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Awaitable, Callable  # noqa: E402
-from dataclasses import asdict, dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from types import TracebackType  # noqa: E402
-from typing import Any  # noqa: E402
+import asyncio
+import enum
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
 
-from daemon.dirlock import DirLock  # noqa: E402
-from daemon.downloaders.base import DownloadError, DownloadOptions, DownloadResult, ProgressCallback  # noqa: E402
-from daemon.events import get_logger  # noqa: E402
-from daemon.faultpoints import crash_point  # noqa: E402
-from daemon.ids import validate_correlation_id  # noqa: E402
-from daemon.temp_manager import TempManager  # noqa: E402
+from daemon.dirlock import DirLock
+from daemon.downloaders.base import DownloadError, DownloadOptions, DownloadResult, ProgressCallback
+from daemon.events import get_logger
+from daemon.faultpoints import crash_point
+from daemon.ids import validate_correlation_id
+from daemon.temp_manager import TempManager
 
 __all__ = [
     "DownloadFunc",

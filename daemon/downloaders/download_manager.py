@@ -21,8 +21,8 @@ from typing import Any
 
 from daemon.downloaders.base import (
     ChecksumMismatch,
-    DownloadError,
     Downloader,
+    DownloadError,
     DownloadOptions,
     DownloadResult,
     DownloadTimeout,

@@ -36,7 +36,7 @@ import orjson
 import pytest
 
 from daemon.config import load_settings
-from daemon.downloaders.http import META_NAME, PART_NAME
+from daemon.downloaders.http import PART_NAME
 from daemon.verify import verify_spool
 from tests.support.daemon_proc import DaemonProcess, wait_until
 from tests.support.http_server import Behavior, TestServer
