@@ -60,6 +60,7 @@ class Daemon:
         self._stop_now = asyncio.Event()
         self._reload = asyncio.Event()
         self._claiming = True
+        self._first_scan_done = asyncio.Event()
         self._last_scan = 0.0
         self._incoming_waiting = 0
         self._last_incoming_size = 0
@@ -224,6 +225,7 @@ class Daemon:
             self._scan_wanted.clear()
             if self._claiming:
                 await self._scan_once()
+            self._first_scan_done.set()
 
     async def _scan_once(self) -> None:
         assert self.manager is not None
@@ -424,6 +426,11 @@ class Daemon:
 
     # --- recolector, salud, estado, watchdog ----------------------------------------------
     async def _reaper_loop(self) -> None:
+        # La primera pasada espera al primer escaneo: los trabajos devueltos a incoming/ tras una
+        # caída ya están reclamados y sus directorios (para reanudar) quedan fuera de la pasada.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10.0):
+                await self._first_scan_done.wait()
         while not self._stop.is_set():
             await asyncio.get_running_loop().run_in_executor(
                 None, reap_temp_root, self.settings.temp_dir, self.settings.reaper.max_age, set(self._jobs)

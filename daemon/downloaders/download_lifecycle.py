@@ -29,7 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from daemon.dirlock import DirLock
+from daemon.dirlock import DirLock, DirLockBusy
 from daemon.downloaders.base import DownloadError, DownloadOptions, DownloadResult, ProgressCallback
 from daemon.events import get_logger
 from daemon.faultpoints import crash_point
@@ -218,7 +218,7 @@ class DownloadLifecycle:
         self, download_func: DownloadFunc, progress_callback: ProgressCallback | None = None
     ) -> DownloadResult:
         """Corre ``download_func(options, progress_callback)`` aislada; devuelve su resultado."""
-        temp_dir = self.isolated.__enter__()
+        temp_dir = await self._enter_isolated()
         self.options.output_path = temp_dir
         self.record.temp_dir = str(temp_dir)
         self.record.started_at = time.time()
@@ -233,6 +233,16 @@ class DownloadLifecycle:
             raise
         self._finish_succeeded(result)
         return result
+
+    async def _enter_isolated(self, attempts: int = 100, pause: float = 0.05) -> Path:
+        """Entra en el directorio aislado; si el recolector lo tiene un instante (cerrojo o borrado
+        a medias), espera y reintenta en lugar de fallar."""
+        for _ in range(attempts - 1):
+            try:
+                return self.isolated.__enter__()
+            except (DirLockBusy, FileNotFoundError):
+                await asyncio.sleep(pause)
+        return self.isolated.__enter__()
 
     def get_temp_path(self, filename: str) -> Path:
         """Ruta de ``filename`` dentro del directorio aislado."""

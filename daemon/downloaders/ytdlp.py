@@ -177,6 +177,7 @@ class _ExtractorIndex:
 _index_lock = threading.Lock()
 _index: _ExtractorIndex | None = None
 _claims: collections.OrderedDict[str, str | None] = collections.OrderedDict()
+_claims_lock = threading.Lock()
 _CLAIMS_MAX = 1024
 
 
@@ -257,13 +258,15 @@ def claiming_extractor(url: str) -> str | None:
     La primera llamada importa yt_dlp y prepara el índice (~0,5-0,7 s, una vez por proceso);
     las siguientes cuestan décimas de milisegundo. No usa la red ni lanza procesos.
     """
-    if url in _claims:
-        _claims.move_to_end(url)
-        return _claims[url]
+    with _claims_lock:
+        if url in _claims:
+            _claims.move_to_end(url)
+            return _claims[url]
     found = _first_claim(url)
-    _claims[url] = found
-    if len(_claims) > _CLAIMS_MAX:
-        _claims.popitem(last=False)
+    with _claims_lock:
+        _claims[url] = found
+        if len(_claims) > _CLAIMS_MAX:
+            _claims.popitem(last=False)
     return found
 
 
@@ -727,6 +730,7 @@ class _ZygoteClient:
         if self.control is not None:
             self.control.close()
             self.control = None
+        retry_after_s = _ZYGOTE_RETRY_AFTER if failed else 0.0
         if self.popen is not None:
             if self.popen.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -734,9 +738,9 @@ class _ZygoteClient:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.popen.wait(timeout=5)
             _log.warning("ytdlp.zygote_unavailable", pid=self.popen.pid, reason=reason,
-                         retry_after_s=_ZYGOTE_RETRY_AFTER)
+                         retry_after_s=retry_after_s)
         else:
-            _log.warning("ytdlp.zygote_unavailable", reason=reason, retry_after_s=_ZYGOTE_RETRY_AFTER)
+            _log.warning("ytdlp.zygote_unavailable", reason=reason, retry_after_s=retry_after_s)
         self.popen = None
         self._failed_at = time.monotonic() if failed else None
 
