@@ -85,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except PermissionError as exc:
+        print(f"videonote-dl: permission denied: {exc.filename or exc}; reading the event log and status "
+              "needs root or the daemon's group (see docs/operations.md)", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -108,10 +112,16 @@ def _write_into_spool(settings: Settings, folder: str, name: str, data: bytes) -
         raise UsageError(f"spool folder {target_dir} does not exist; start the daemon once (make run) "
                          "or check spool_dir in the config")
     tmp = tmp_dir / f".{name}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as handle:
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+    except PermissionError:
+        raise UsageError(f"cannot write into {tmp_dir}: permission denied; producers must be in the spool's "
+                         "group (see docs/operations.md)") from None
+    with os.fdopen(fd, "wb") as handle:
+        os.fchmod(fd, 0o640)  # legible por el daemon (grupo) aunque el umask del productor sea 077
         handle.write(data)
         handle.flush()
-        os.fsync(handle.fileno())
+        os.fsync(fd)
     target = target_dir / name
     if target.exists():
         tmp.unlink()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -52,6 +53,7 @@ JOB_FIELDS = (
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_NUMERIC_LABEL = re.compile(r"0[xX][0-9a-fA-F]*|[0-9]+")
 _MAX_URL = 8192
 _MAX_DEPTH = 8
 
@@ -381,9 +383,28 @@ def _validate_url(value: Any, limits: JobLimits) -> str:
         )
     if not parts.hostname:
         raise JobRejected("'url' has no host; write a full URL like https://example.org/file.mp4")
+    _check_numeric_host(parts.hostname)
     if port == 0:
         raise JobRejected("'url' has port 0; give a real port or none")
     return value
+
+
+def _check_numeric_host(host: str) -> None:
+    """Rechaza IPv4 escritas de forma no canónica (0x7f000001, 2130706433, 0177.0.0.1, 127.1).
+
+    Cada pila de red las entiende a su manera (getaddrinfo las acepta, yarl no): se exige la
+    forma a.b.c.d para que el destino sea el mismo para todos los descargadores.
+    """
+    labels = host.rstrip(".").split(".")
+    if not all(_NUMERIC_LABEL.fullmatch(label) for label in labels):
+        return  # un nombre DNS o una IPv6: la red decide con la dirección resuelta
+    try:
+        ipaddress.IPv4Address(host.rstrip("."))
+    except ValueError:
+        raise JobRejected(
+            f"'url' host {host[:80]!r} is an IPv4 address in a non-canonical form (hex, octal, integer or "
+            "short); write it as four decimal numbers like 192.0.2.10"
+        ) from None
 
 
 def _validate_output_dir(value: Any) -> str:

@@ -109,9 +109,11 @@ def wait_for_job(
 
 def _next_event(events: Any) -> dict[str, Any] | None:
     # Con heartbeat, read_events entrega {} en cada espera: así cada vuelta comprueba el registro.
+    # Un productor sin permiso para leer el registro de eventos sigue esperando sólo por los registros.
     try:
         _line, event = next(events)
-    except StopIteration:
+    except (StopIteration, PermissionError):
+        time.sleep(0.25)
         return None
     return event
 

@@ -157,20 +157,38 @@ def _reap_entry(
             size = _tree_size(name, root_fd)
             if not dry_run:
                 # rmtree con dir_fd es resistente a ataques de enlaces y rechaza un enlace en la cima.
-                shutil.rmtree(name, dir_fd=root_fd)
+                try:
+                    shutil.rmtree(name, dir_fd=root_fd)
+                except OSError as exc:
+                    # Sin errno sólo lo lanza la guarda de rmtree: en ese instante el nombre era un enlace.
+                    if exc.errno is not None and _same_entry(name, root_fd, dir_fd):
+                        raise
+                    # El nombre ya no es (o no era) el directorio bloqueado: se verá en la próxima pasada.
+                    report.vanished += 1
+                    return
             _record(report, name, root, correlation_id, age, size, "dir")
         finally:
             os.close(dir_fd)
     except FileNotFoundError:
         report.vanished += 1
     except OSError as exc:
-        if exc.errno == errno.ELOOP:  # cambiado por un enlace entre stat y open: se verá en la próxima pasada
+        # Cambiado entre stat y open/unlink (un enlace donde había un directorio da ENOTDIR con
+        # O_DIRECTORY|O_NOFOLLOW; un directorio donde había un enlace, EISDIR): la próxima pasada lo verá.
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EISDIR):
             report.vanished += 1
             return
         report.errors += 1
         _log.warning(
             "reaper.error", correlation_id=correlation_id, path=str(root / name), error=exc.strerror or str(exc)
         )
+
+
+def _same_entry(name: str, root_fd: int, dir_fd: int) -> bool:
+    """True si ``name`` (sin seguir enlaces) sigue siendo el directorio abierto en ``dir_fd``."""
+    try:
+        return os.path.samestat(os.stat(name, dir_fd=root_fd, follow_symlinks=False), os.fstat(dir_fd))
+    except OSError:
+        return False
 
 
 def _record(

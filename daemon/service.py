@@ -286,6 +286,7 @@ class Daemon:
                             max_backoff=d.max_backoff)
         self.manager.submit(job.id, options, downloader=downloader, priority=job.priority, retry=retry,
                             output_subdir=job.output_dir, context=job)
+        self._status_dirty.set()
 
     def _resolve_id_conflicts(self, job: JobSpec) -> JobSpec:
         from dataclasses import replace
@@ -535,6 +536,7 @@ class Daemon:
         self._claiming = False
         self.notifier.stopping("stopping: finishing running downloads")
         grace = 0.0 if self._stop_now.is_set() else self.settings.shutdown_grace
+        self.notifier.extend_timeout(grace + 15.0)  # que systemd no mate antes de acabar la gracia
         _log.info("daemon.stopping", running=self.manager.running, queued=self.manager.queued, grace_s=grace)
         pending = await self.manager.shutdown(grace, abort=self._stop_now)
         for task in pending:

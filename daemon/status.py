@@ -20,9 +20,11 @@ def write_status(path: Path, status: dict[str, Any]) -> None:
 
 
 def read_status(path: Path) -> dict[str, Any] | None:
-    """El último estado escrito, o None si no hay."""
+    """El último estado escrito, o None si no hay. Sin permiso de lectura, ``PermissionError``."""
     try:
         data = orjson.loads(path.read_bytes())
+    except PermissionError:
+        raise
     except (OSError, orjson.JSONDecodeError):
         return None
     return data if isinstance(data, dict) else None
