@@ -124,7 +124,10 @@ def publish_file(
                 else:
                     raise
             published = dir_path / candidate
-            if marker is not None:
+            if marker is not None and staged is not None:
+                # Copia entre sistemas de archivos: otro inodo, así que el marcador anota la ruta.
+                # En el mismo sistema basta el inodo compartido con ``src``, que sigue en el
+                # directorio aislado hasta que éste se borra (después del registro terminal).
                 _write_marker(marker, {"dir": str(dir_path), "filename": filename, "src": str(src),
                                        "path": str(published), "size": st.st_size})
             if fsync:
@@ -132,7 +135,6 @@ def publish_file(
             if staged is not None:
                 os.unlink(staged, dir_fd=dir_fd)
                 staged = None
-            os.unlink(src)
             return PublishedFile(published, renamed=candidate != filename)
         raise PermanentDownloadError(f"no free name for {filename!r} in {dir_path}; clean up the output folder")
     except OSError as exc:

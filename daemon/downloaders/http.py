@@ -128,6 +128,11 @@ class _Sink:
         self.hasher.update(data)
         self.size += len(data)
 
+    def write_and_finish(self, data: bytes | bytearray, fsync: bool) -> None:
+        if data:
+            self.write(data)
+        self.finish(fsync)
+
     def finish(self, fsync: bool) -> None:
         if fsync:
             os.fsync(self.fd)
@@ -276,10 +281,12 @@ class HttpDownloader:
         }
         meta_path.write_bytes(orjson.dumps(meta))
         loop = asyncio.get_running_loop()
-        sink = await loop.run_in_executor(self._executor, _Sink, part, offset)
+        # Sin nada que rehashear, abrir el archivo es barato: se hace aquí, sin saltar de hilo.
+        sink = _Sink(part, 0) if offset == 0 else await loop.run_in_executor(self._executor, _Sink, part, offset)
         try:
-            await self._stream(response, sink, options, total, progress, loop)
-            await loop.run_in_executor(self._executor, sink.finish, self.fsync)
+            tail = await self._stream(response, sink, options, total, progress, loop)
+            # Un solo salto al hilo de escritura para la cola del cuerpo y el fsync.
+            await loop.run_in_executor(self._executor, sink.write_and_finish, tail, self.fsync)
         except OSError as exc:
             raise StorageError(f"cannot write the download: {exc.strerror}", errno=exc.errno) from None
         finally:
@@ -303,7 +310,8 @@ class HttpDownloader:
         total: int | None,
         progress: ProgressCallback | None,
         loop: asyncio.AbstractEventLoop,
-    ) -> None:
+    ) -> bytearray:
+        """Lee el cuerpo hasta el final; devuelve lo que queda sin escribir (la cola)."""
         received = sink.size
         buffer = bytearray()
         pending: asyncio.Future[None] | None = None
@@ -338,9 +346,11 @@ class HttpDownloader:
         except (aiohttp.ClientError, ConnectionError) as exc:
             await self._drain(pending, sink, buffer, loop)
             raise ConnectionFailed(f"the connection failed mid-body: {exc}", received=received) from None
-        await self._drain(pending, sink, buffer, loop)
+        if pending is not None:
+            await pending
         if progress is not None:
             progress(received, total)
+        return buffer
 
     async def _drain(
         self,
