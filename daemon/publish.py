@@ -131,7 +131,13 @@ def publish_file(
                 _write_marker(marker, {"dir": str(dir_path), "filename": filename, "src": str(src),
                                        "path": str(published), "size": st.st_size})
             if fsync:
-                os.fsync(dir_fd)
+                try:
+                    os.fsync(dir_fd)
+                except OSError:
+                    # Sin fsync no hay garantía: retirar el nombre público antes de informar del fallo.
+                    with contextlib.suppress(OSError):
+                        os.unlink(candidate, dir_fd=dir_fd)
+                    raise
             if staged is not None:
                 os.unlink(staged, dir_fd=dir_fd)
                 staged = None

@@ -30,7 +30,13 @@ from types import TracebackType
 from typing import Any
 
 from daemon.dirlock import DirLock, DirLockBusy
-from daemon.downloaders.base import DownloadError, DownloadOptions, DownloadResult, ProgressCallback
+from daemon.downloaders.base import (
+    DownloadError,
+    DownloadOptions,
+    DownloadResult,
+    ProgressCallback,
+    StorageError,
+)
 from daemon.events import get_logger
 from daemon.faultpoints import crash_point
 from daemon.ids import validate_correlation_id
@@ -218,7 +224,17 @@ class DownloadLifecycle:
         self, download_func: DownloadFunc, progress_callback: ProgressCallback | None = None
     ) -> DownloadResult:
         """Corre ``download_func(options, progress_callback)`` aislada; devuelve su resultado."""
-        temp_dir = await self._enter_isolated()
+        try:
+            temp_dir = await self._enter_isolated()
+        except OSError as exc:
+            # Sin directorio aislado (disco lleno, sin inodos, sólo lectura): el trabajo falla con
+            # una causa clara y la secuencia de eventos habitual (started -> failed).
+            self.record.started_at = time.time()
+            self.begin_attempt()
+            error = StorageError(f"cannot create the temp dir: {exc.strerror or exc}; free space or fix "
+                                 "temp_dir permissions", errno=exc.errno)
+            self._finish_failed(error)
+            raise error from None
         self.options.output_path = temp_dir
         self.record.temp_dir = str(temp_dir)
         self.record.started_at = time.time()

@@ -243,11 +243,6 @@ def test_temp_disk_already_full_when_the_job_starts(tmp_path: Path, test_server:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(strict=True, reason=(
-    "bug in daemon/downloaders/download_lifecycle.py, DownloadLifecycle.execute: the temp dir is created "
-    "(self.isolated.__enter__()) outside the try, so an OSError such as ENOSPC from mkdir becomes an "
-    "'internal' error with a traceback (daemon.error), no job.started/job.failed events and an invalid "
-    "event sequence (job.queued -> job.recorded); it should fail as kind 'storage' with job.failed"))
 def test_temp_disk_out_of_inodes(tmp_path: Path, test_server: TestServer) -> None:
     # Sin inodos libres no se puede ni crear videonote_dl_<id>: el trabajo falla con un motivo
     # (almacenamiento) y una secuencia de eventos válida, y el daemon sigue.
