@@ -30,6 +30,7 @@ FIX_HINTS: dict[str, str] = {
                        "download.allow_private_networks: true",
     "too_many_redirects": "the server redirects in a loop; fix the URL",
     "storage": "the disk is full or not writable; free space or fix permissions of temp_dir/output_dir",
+    "invalid_url": "the URL is malformed; fix it (percent-encode special characters) and submit again",
     "unsupported_url": "yt-dlp has no extractor for this page; use downloader: http for a direct file URL",
     "cancelled": "the job was cancelled on request; `videonote-dl retry ID` runs it again",
 }

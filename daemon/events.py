@@ -22,6 +22,8 @@ from typing import Any
 import orjson
 import structlog
 
+from daemon.text import printable
+
 __all__ = [
     "EventLogFile",
     "bind_correlation_id",
@@ -185,12 +187,26 @@ def _echo_to_stderr(_logger: Any, _method: str, event_dict: MutableMapping[str, 
         prefix = f"[{cid}] " if cid else ""
         line = f"{event_dict['level'].upper():7} {event_dict['event']} {prefix}{extras}".rstrip()
         with contextlib.suppress(OSError, ValueError):  # stderr cerrado: el archivo JSON manda
-            sys.stderr.write(line.replace("\n", "\\n") + "\n")
+            sys.stderr.write(printable(line) + "\n")
     return event_dict
 
 
 def _serialize(event_dict: MutableMapping[str, Any], **_kw: Any) -> bytes:
-    return orjson.dumps(event_dict, default=str, option=orjson.OPT_NON_STR_KEYS)
+    try:
+        return orjson.dumps(event_dict, default=str, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        # Texto que no es UTF-8 válido (p. ej. un nombre de archivo con bytes sueltos): escaparlo.
+        return orjson.dumps(_escape_strings(event_dict), default=str, option=orjson.OPT_NON_STR_KEYS)
+
+
+def _escape_strings(value: Any) -> Any:
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {printable(str(k)): _escape_strings(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_escape_strings(v) for v in value]
+    return value
 
 
 def configure_events(event_log: Path | None, level: str = "info", stderr: bool = True) -> EventLogFile:

@@ -31,6 +31,7 @@ from daemon.spool import Spool
 from daemon.status import write_status
 from daemon.systemd import SystemdNotifier
 from daemon.temp_manager import TempManager
+from daemon.text import printable
 from daemon.watcher import SpoolWatcher
 
 __all__ = ["Daemon", "run_daemon"]
@@ -132,7 +133,9 @@ class Daemon:
         except ImportError as exc:
             _log.warning("daemon.error", where="ytdlp", error=f"yt-dlp downloader unavailable: {exc}")
             return
-        self._downloaders["ytdlp"] = YtdlpDownloader(kill_grace=self.settings.ytdlp.kill_grace)
+        y = self.settings.ytdlp
+        self._downloaders["ytdlp"] = YtdlpDownloader(kill_grace=y.kill_grace, socket_timeout=y.socket_timeout,
+                                                     use_zygote=y.zygote)
 
     # --- señales --------------------------------------------------------------------------
     def _install_signals(self) -> None:
@@ -262,6 +265,11 @@ class Daemon:
         except JobRejected as exc:
             self._reject(name, exc.reason, exc.job_id)
             return
+        except Exception as exc:  # nunca dejar un archivo atascado en active/ por un fallo inesperado
+            _log.exception("daemon.error", where="accept", file=printable(name), error=repr(exc))
+            self._reject(name, f"internal error while reading the job ({type(exc).__name__}); report this "
+                               "with the file attached", None)
+            return
         received = time.time()
         _log.info("job.received", correlation_id=job.id, file=name, url=job.url, downloader=job.downloader,
                   id_source=job.id_source)
@@ -319,6 +327,7 @@ class Daemon:
         path = self.spool.reject(name, reason)
         self.counts["rejected"] += 1
         self._status_dirty.set()
+        # JSON escapa los controles; un nombre que no es UTF-8 lo escapa _serialize.
         _log.warning("job.rejected", correlation_id=job_id, file=name, reason=reason, moved_to=str(path))
 
     def _limits(self) -> JobLimits:
@@ -549,7 +558,9 @@ class Daemon:
         if self.watcher is not None:
             self.watcher.stop()
         for downloader in self._downloaders.values():
-            close: Callable[[], Awaitable[None]] | None = getattr(downloader, "close", None)
+            close: Callable[[], Awaitable[None]] | None = (
+                getattr(downloader, "aclose", None) or getattr(downloader, "close", None)
+            )
             if close is not None:
                 with contextlib.suppress(Exception):
                     await close()

@@ -25,6 +25,7 @@ from daemon.dirlock import DirLock, DirLockBusy
 from daemon.faultpoints import crash_point
 from daemon.ids import CORRELATION_ID_PATTERN, new_correlation_id
 from daemon.jobs import is_candidate_name, read_job_file
+from daemon.text import printable
 
 __all__ = ["SPOOL_SUBDIRS", "IncomingEntry", "Spool"]
 
@@ -154,7 +155,7 @@ class Spool:
             os.rename(source / name, self.rejected / target)
         text = (
             f"{reason}\n\n"
-            f"file: {name}\nrejected_at: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
+            f"file: {printable(name)}\nrejected_at: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
             "Fix the file and write it again into spool/tmp/, then rename it into spool/incoming/.\n"
         )
         self._write_atomic(self.rejected / f"{target}.reason", text.encode("utf-8"), overwrite=True)

@@ -14,6 +14,8 @@ _SIZE_UNITS = {
     "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
     "k": 1024, "m": 1024**2, "g": 1024**3,
 }
+_MAX_SECONDS = 100 * 365 * 86400.0  # un siglo: más es un error, no una duración
+_MAX_BYTES = 2**63 - 1
 _NUMBER_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
 
 
@@ -22,6 +24,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration like 500ms, 30s, 10m or 1h, got a boolean")
     if isinstance(value, int | float):
+        if isinstance(value, int) and value > _MAX_SECONDS:
+            raise ValueError(f"a duration of {str(value)[:20]}... seconds is too large")
         if not math.isfinite(value):  # YAML admite .nan y .inf: no son duraciones
             raise ValueError(f"a duration must be a finite number of seconds, got {value}")
         if value < 0:
@@ -33,7 +37,10 @@ def parse_duration(value: object) -> float:
     if not match or match.group(2).lower() not in _DURATION_UNITS | {"": 1.0}:
         raise ValueError(f"{value!r} is not a duration; use a number with ms, s, m, h or d (e.g. 30s)")
     unit = match.group(2).lower() or "s"
-    return float(match.group(1)) * _DURATION_UNITS[unit]
+    seconds = float(match.group(1)) * _DURATION_UNITS[unit]
+    if not math.isfinite(seconds) or seconds > _MAX_SECONDS:
+        raise ValueError(f"{value[:40]!r} is too large a duration")
+    return seconds
 
 
 def parse_size(value: object) -> int:
@@ -49,7 +56,10 @@ def parse_size(value: object) -> int:
     match = _NUMBER_UNIT.match(value)
     if not match or match.group(2).lower() not in _SIZE_UNITS:
         raise ValueError(f"{value!r} is not a size; use a number with B, KB, MB, GB, KiB, MiB or GiB")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    size = float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    if not math.isfinite(size) or size > _MAX_BYTES:
+        raise ValueError(f"{value[:40]!r} is too large a size")
+    return int(size)
 
 
 def format_size(size: float) -> str:

@@ -210,31 +210,28 @@ class _Killed(BaseException):
 
 
 def _publish_until_killed(monkeypatch: pytest.MonkeyPatch, temp_root: Path, output: Path, job_id: str,
-                          data: bytes, marker_writes: int, write_last: bool) -> None:
-    """Corre el ``publish_file`` real y lo «mata» en la escritura nº ``marker_writes`` del marcador
-    (tras escribirla si ``write_last``): deja el disco como lo dejaría un kill -9 en ese punto."""
+                          data: bytes, after_link: bool) -> None:
+    """Corre el ``publish_file`` real y lo «mata» justo antes o justo después del ``link()`` que
+    publica: deja el disco (directorio aislado, marcador, salida) como lo dejaría un kill -9 ahí."""
     from daemon import publish
 
     temp_dir = temp_root / f"videonote_dl_{job_id}"
     temp_dir.mkdir(parents=True, mode=0o700)
     src = temp_dir / "clip.bin"
     src.write_bytes(data)
-    real_write = publish._write_marker
-    calls = 0
+    real_link = os.link
 
-    def dying_write(marker: Path, payload: dict[str, object]) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == marker_writes:
-            if write_last:
-                real_write(marker, payload)
-            raise _Killed
-        real_write(marker, payload)
+    def dying_link(*args: Any, **kwargs: Any) -> None:
+        if after_link:
+            real_link(*args, **kwargs)
+        raise _Killed
 
-    monkeypatch.setattr(publish, "_write_marker", dying_write)
-    with pytest.raises(_Killed):
-        publish.publish_file(src, output, None, "clip.bin", temp_dir / publish.PUBLISH_MARKER, fsync=False)
-    monkeypatch.setattr(publish, "_write_marker", real_write)
+    monkeypatch.setattr(publish.os, "link", dying_link)
+    try:
+        with pytest.raises(_Killed):
+            publish.publish_file(src, output, None, "clip.bin", temp_dir / publish.PUBLISH_MARKER, fsync=False)
+    finally:
+        monkeypatch.setattr(publish.os, "link", real_link)
 
 
 def _run_manager(temp_root: Path, output: Path, job_id: str, url: str) -> Any:
@@ -255,42 +252,29 @@ def _run_manager(temp_root: Path, output: Path, job_id: str, url: str) -> Any:
     return asyncio.run(main())
 
 
-def test_kill_after_link_before_marker_update_publishes_once(tmp_path: Path, test_server: TestServer,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kill_right_after_link_publishes_once(tmp_path: Path, test_server: TestServer,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     data = os.urandom(100_000)
     url = test_server.add("/pub.bin", Behavior(data=data))
     temp_root, output = tmp_path / "tmp", tmp_path / "out"
-    _publish_until_killed(monkeypatch, temp_root, output, "pub1", data, marker_writes=2, write_last=False)
+    _publish_until_killed(monkeypatch, temp_root, output, "pub1", data, after_link=True)
     assert sorted(p.name for p in output.iterdir()) == ["clip.bin"]  # el enlace ya se hizo
     task = _run_manager(temp_root, output, "pub1", url)
     assert task.state == "succeeded", task.error
     assert task.published_path == output / "clip.bin"
     assert sorted(p.name for p in output.iterdir()) == ["clip.bin"], "published twice"
     assert (output / "clip.bin").read_bytes() == data
+    assert task.result is not None and task.result.sha256 == sha(data)
     assert test_server.requests_for("/pub.bin") == []  # nada que volver a descargar
     assert not list(temp_root.glob("videonote_dl_*"))
 
 
-def test_kill_after_marker_update_recovers_the_publication(tmp_path: Path, test_server: TestServer,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kill_right_before_link_downloads_again_and_publishes_once(tmp_path: Path, test_server: TestServer,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     data = os.urandom(100_000)
     url = test_server.add("/pub.bin", Behavior(data=data))
     temp_root, output = tmp_path / "tmp", tmp_path / "out"
-    _publish_until_killed(monkeypatch, temp_root, output, "pub2", data, marker_writes=2, write_last=True)
-    task = _run_manager(temp_root, output, "pub2", url)
-    assert task.state == "succeeded", task.error
-    assert sorted(p.name for p in output.iterdir()) == ["clip.bin"]
-    assert task.result is not None and task.result.sha256 == sha(data)
-    assert test_server.requests_for("/pub.bin") == []
-    assert not list(temp_root.glob("videonote_dl_*"))
-
-
-def test_kill_before_link_downloads_again_and_publishes_once(tmp_path: Path, test_server: TestServer,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    data = os.urandom(100_000)
-    url = test_server.add("/pub.bin", Behavior(data=data))
-    temp_root, output = tmp_path / "tmp", tmp_path / "out"
-    _publish_until_killed(monkeypatch, temp_root, output, "pub3", data, marker_writes=1, write_last=True)
+    _publish_until_killed(monkeypatch, temp_root, output, "pub3", data, after_link=False)
     assert list(output.iterdir()) == []
     task = _run_manager(temp_root, output, "pub3", url)
     assert task.state == "succeeded", task.error

@@ -8,6 +8,7 @@ debe cumplir los invariantes que protegen el sistema de archivos.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import re
@@ -97,10 +98,11 @@ FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
         any_value,
     ),
 }
-documents = st.fixed_dictionaries(
-    {}, optional={key: st.one_of(FIELD_VALUES[key], any_value) for key in JOB_FIELDS},
-).flatmap(lambda known: st.dictionaries(st.one_of(tricky_text, st.integers(), st.booleans()), any_value,
-                                        max_size=2).map(lambda extra: {**extra, **known}))
+documents = st.builds(
+    lambda extra, known: {**extra, **known},
+    st.dictionaries(st.one_of(tricky_text, st.integers(), st.booleans()), any_value, max_size=2),
+    st.fixed_dictionaries({}, optional={key: st.one_of(FIELD_VALUES[key], any_value) for key in JOB_FIELDS}),
+)
 # Casi válidos: una URL buena y uno o dos campos alterados, para llegar hondo en la validación.
 near_valid = st.fixed_dictionaries(
     {"url": st.sampled_from(["https://example.org/clip.mp4", "http://cdn.example.net/a/b.webm?x=1"])},
@@ -142,6 +144,9 @@ def assert_job_invariants(job: JobSpec, limits: JobLimits) -> None:
     parts = urlsplit(job.url)
     assert parts.scheme.lower() in limits.allowed_schemes and parts.hostname
     assert no_controls(job.url) and " " not in job.url and not job.url.startswith("-")
+    host = parts.hostname.rstrip(".")
+    if all(re.fullmatch(r"0x[0-9a-f]*|[0-9]+", label) for label in host.split(".")):
+        ipaddress.IPv4Address(host)  # una IPv4 aceptada está en forma canónica a.b.c.d
     if job.filename is not None:
         assert job.filename not in ("", ".", "..") and not job.filename.startswith(".")
         assert "/" not in job.filename and "\\" not in job.filename and no_controls(job.filename)

@@ -48,7 +48,6 @@ from daemon.downloaders.ytdlp import (
     ytdlp_command,
 )
 from daemon.downloaders.ytdlp_zygote import FORBIDDEN_MESSAGE, is_forbidden_address
-from daemon.events import configure_events
 from tests.support.http_server import Behavior, TestServer
 
 MODES = ["subprocess", "zygote"]
@@ -97,11 +96,10 @@ class Events:
 
 
 @pytest.fixture
-def events(tmp_path: Path) -> Iterator[Events]:
-    path = tmp_path / "events.jsonl"
-    configure_events(path, stderr=False)
-    yield Events(path)
-    configure_events(None, stderr=False)
+def events(event_log: Any) -> Events:
+    """El registro de eventos de la prueba (``event_log`` de conftest, que además valida cada
+    línea contra el vocabulario de docs/events.md al terminar)."""
+    return Events(event_log.path)
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ __all__ = [
     "Downloader",
     "HTTPClientError",
     "IncompleteBody",
+    "InvalidUrl",
     "PermanentDownloadError",
     "PrivateAddressRefused",
     "ProgressCallback",
@@ -167,3 +168,9 @@ class StorageError(PermanentDownloadError):
 
 class UnsupportedUrl(PermanentDownloadError):
     kind = "unsupported_url"
+
+
+class InvalidUrl(PermanentDownloadError):
+    """La URL no se puede usar tal cual (el cliente HTTP la rechaza)."""
+
+    kind = "invalid_url"

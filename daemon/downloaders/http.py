@@ -36,6 +36,7 @@ from daemon.downloaders.base import (
     DownloadTimeout,
     HTTPClientError,
     IncompleteBody,
+    InvalidUrl,
     PrivateAddressRefused,
     ProgressCallback,
     SchemeNotAllowed,
@@ -235,7 +236,7 @@ class HttpDownloader:
                     f"no answer from {url.host}:{url.port} within {options.timeout:.0f}s"
                 ) from None
             except (aiohttp.InvalidURL, ValueError) as exc:
-                raise HTTPClientError(f"invalid URL {redact(str(url))}: {exc}") from None
+                raise InvalidUrl(f"invalid URL {redact(str(url))}: {exc}") from None
             except aiohttp.ClientConnectorDNSError as exc:
                 raise ConnectionFailed(f"cannot resolve {url.host}: {exc.os_error}") from None
             except (aiohttp.ClientError, OSError) as exc:
