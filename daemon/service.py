@@ -62,6 +62,7 @@ class Daemon:
         self._reload = asyncio.Event()
         self._claiming = True
         self._first_scan_done = asyncio.Event()
+        self._extractor_index_ready = False
         self._last_scan = 0.0
         self._incoming_waiting = 0
         self._last_incoming_size = 0
@@ -248,6 +249,8 @@ class Daemon:
             if self.spool.claim(entry.name):
                 crash_point("after_claim")
                 claimed += 1
+                if self._needs_extractor_index(entry.name):
+                    await self._warm_extractor_index()
                 self._accept(entry.name)
                 if claimed % _CLAIM_BATCH == 0:
                     await asyncio.sleep(0)  # dejar respirar al bucle (watchdog, señales)
@@ -313,6 +316,21 @@ class Daemon:
         from daemon.ids import new_correlation_id
 
         return replace(job, id=f"{job.id[:40]}-{new_correlation_id()[:12]}", id_source="generated")
+
+    def _needs_extractor_index(self, _name: str) -> bool:
+        """Si el próximo trabajo podría consultar el índice de extractores y aún no está cargado."""
+        return not self._extractor_index_ready and "ytdlp" in self._downloaders
+
+    async def _warm_extractor_index(self) -> None:
+        """Carga el índice de extractores de yt-dlp fuera del bucle (~0,4-1 s una vez por proceso),
+        justo antes del primer trabajo: el daemon ocioso no paga esa memoria."""
+        from daemon.downloaders.ytdlp import preload_extractors
+
+        try:
+            await asyncio.to_thread(preload_extractors)
+        except Exception as exc:
+            _log.warning("daemon.error", where="ytdlp_index", error=repr(exc))
+        self._extractor_index_ready = True
 
     def _choose_downloader(self, job: JobSpec) -> str | None:
         if job.downloader == "http":

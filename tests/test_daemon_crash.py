@@ -45,7 +45,7 @@ def range_offsets(server: TestServer, path: str) -> list[int | None]:
     return offsets
 
 
-def check_spool_invariants(daemon: DaemonProcess, expected: dict[str, bytes]) -> None:
+def check_spool_invariants(daemon: DaemonProcess, expected: dict[str, bytes], use_verifier: bool = True) -> None:
     """Tras parar el daemon: cada trabajo tiene exactamente un registro terminal y, si terminó bien,
     su archivo publicado completo (sha256 del servidor); nada queda en active/ ni incoming/; ningún
     archivo de salida está a medias ni duplicado; ningún ``videonote_dl_*`` queda; cada línea del
@@ -80,6 +80,14 @@ def check_spool_invariants(daemon: DaemonProcess, expected: dict[str, bytes]) ->
         # Tras el éxito no vuelve a arrancar nada de ese trabajo.
         after = trail[trail.index("job.succeeded"):]
         assert "job.started" not in after and "job.received" not in after, (job_id, trail)
+    # Y el verificador del proyecto (``videonote-dl verify``) tiene que estar de acuerdo.
+    if not use_verifier:
+        return
+    from daemon.config import load_settings
+    from daemon.verify import verify_spool
+
+    report = verify_spool(load_settings(daemon.config_path), expected={j: sha(d) for j, d in expected.items()})
+    assert report.ok, report.problems[:10]
 
 
 def test_kill9_mid_download_resumes_with_range(tmp_path: Path, test_server: TestServer) -> None:
@@ -160,6 +168,20 @@ def test_sigterm_with_short_grace_requeues_and_keeps_temp_dir(tmp_path: Path, te
     finally:
         if daemon.proc is not None and daemon.proc.poll() is None:
             daemon.kill9()
+
+
+def test_verifier_accepts_requeue_of_a_queued_job(tmp_path: Path) -> None:
+    """La secuencia que deja el daemon real en test_sigterm_... para el trabajo que esperaba en cola."""
+    from daemon.verify import check_event_sequences
+
+    trail = ["job.received", "job.queued", "job.requeued", "daemon.starting", "job.received", "job.queued",
+             "job.started", "job.published", "job.recorded", "job.succeeded"]
+    log = tmp_path / "events.jsonl"
+    log.write_bytes(b"".join(
+        orjson.dumps({"ts": f"2026-01-01T00:00:{n:02d}.000000Z", "level": "info", "event": name,
+                      **({} if name.startswith("daemon.") else {"correlation_id": "waiting"})}) + b"\n"
+        for n, name in enumerate(trail)))
+    assert check_event_sequences(log, finished={"waiting"}) == []
 
 
 def test_repeated_kill9_loses_nothing(tmp_path: Path, test_server: TestServer) -> None:

@@ -13,6 +13,7 @@ import hashlib
 import http.server
 import os
 import shutil
+import socket
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -285,6 +286,29 @@ def test_credentials_in_url_never_written(daemon: DaemonProcess, server: TestSer
     assert b"hunter2" not in (daemon.spool / "done" / "creds.json").read_bytes()
     assert "hunter2" not in daemon.stderr_text()
     assert record["job"]["url"].startswith("http://***@127.0.0.1:")
+    # También cuando falla: el mensaje de error y el registro de fallo no llevan la contraseña.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        dead_port = closed.getsockname()[1]  # nadie escucha: conexión rechazada
+    bad_url = f"http://alice:hunter2-pw@127.0.0.1:{dead_port}/x.bin"
+    folder, record = run_job(daemon, {"id": "creds-fail", "url": bad_url, "retries": 1})
+    assert folder == "failed", record
+    assert record["error"]["kind"] == "connection"
+    assert b"hunter2" not in (daemon.spool / "failed" / "creds-fail.json").read_bytes()
+    assert b"hunter2" not in daemon.event_log.read_bytes()
+    assert "hunter2" not in daemon.stderr_path.read_text(errors="replace")
+
+
+def test_retry_policy_backoff_is_exponential_with_jitter_and_honours_retry_after() -> None:
+    from daemon.downloaders.download_manager import RetryPolicy
+
+    policy = RetryPolicy(retries=5, backoff=1.0, max_backoff=10.0)
+    for attempt, base in ((1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 10.0), (9, 10.0)):
+        delays = {policy.delay(attempt) for _ in range(200)}
+        assert all(base * 0.5 <= d <= base for d in delays), (attempt, min(delays), max(delays))
+        assert len(delays) > 1, "no jitter"
+    assert policy.delay(1, retry_after=30.0) == 30.0  # el servidor manda si pide más
+    assert policy.delay(3, retry_after=0.1) >= 2.0
 
 
 # --- configuraciones propias ------------------------------------------------------------------------

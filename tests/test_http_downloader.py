@@ -230,6 +230,67 @@ def test_range_not_satisfiable_on_resume_starts_over(temp_root: Path, test_serve
     assert temp_dirs(temp_root) == []
 
 
+def _send_206(handler: http.server.BaseHTTPRequestHandler, data: bytes, start: int, end: int) -> None:
+    body = data[start:end + 1]
+    handler.send_response(206)
+    handler.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.send_header("ETag", '"fixed"')
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def test_206_from_an_unexpected_offset_is_not_mixed_in(temp_root: Path, test_server: TestServer) -> None:
+    """Al pedir ``bytes=N-`` el servidor manda otro trozo (desde M): no se escribe como si fuera el
+    principio; se descarta la parte local y el siguiente intento empieza de cero."""
+    data = os.urandom(MiB)
+    behavior = Behavior(data=data, etag='"fixed"', reset_after=MiB // 2, reset_times=1, rate=16 * MiB)
+
+    def wrong_range(handler: http.server.BaseHTTPRequestHandler, hit: int) -> bool:
+        if hit == 2:
+            _send_206(handler, data, 1000, len(data) - 1)
+            return True
+        return False
+
+    behavior.handler = wrong_range
+    url = test_server.add("/wrong-range.bin", behavior)
+    out = run_download(temp_root, "wrongrange", opts(url), attempts=3)
+    assert out.error is None, out.error
+    assert [type(e).__name__ for e in out.attempt_errors][1:] == ["IncompleteBody"]
+    requests = test_server.requests_for("/wrong-range.bin")
+    assert len(requests) == 3 and "Range" in requests[1].headers and "Range" not in requests[2].headers
+    assert out.data == data
+    assert temp_dirs(temp_root) == []
+
+
+def test_206_with_the_whole_file_from_zero_is_accepted(temp_root: Path, test_server: TestServer) -> None:
+    data = os.urandom(300_000)
+
+    def whole_as_206(handler: http.server.BaseHTTPRequestHandler, _hit: int) -> bool:
+        _send_206(handler, data, 0, len(data) - 1)
+        return True
+
+    url = test_server.add("/whole-206.bin", Behavior(handler=whole_as_206))
+    out = run_download(temp_root, "whole206", opts(url))
+    assert out.error is None, out.error
+    assert out.data == data and out.result is not None and out.result.resumed is False
+
+
+def test_206_with_only_part_of_the_file_never_succeeds(temp_root: Path, test_server: TestServer) -> None:
+    """Un 206 ``bytes 0-99/1000`` a una petición sin Range no es el archivo: nunca se da por bueno."""
+    data = os.urandom(1000)
+
+    def head_only(handler: http.server.BaseHTTPRequestHandler, _hit: int) -> bool:
+        _send_206(handler, data, 0, 99)
+        return True
+
+    url = test_server.add("/head-206.bin", Behavior(handler=head_only))
+    out = run_download(temp_root, "head206", opts(url), attempts=2)
+    assert isinstance(out.error, IncompleteBody), out.error
+    assert out.data is None
+    assert temp_dirs(temp_root) == []
+
+
 # --- cuerpos que no cuadran con Content-Length ------------------------------------------------
 def test_body_shorter_than_content_length_is_transient(temp_root: Path, test_server: TestServer) -> None:
     data = os.urandom(MiB + 3)
@@ -408,4 +469,28 @@ def test_credentials_in_url_never_reach_logs_or_result(temp_root: Path, test_ser
     request = test_server.requests_for("/private/clip.bin")[0]
     assert request.headers.get("Authorization", "").startswith("Basic ")
     assert b"s3cr3t" not in event_log.path.read_bytes()
+    assert temp_dirs(temp_root) == []
+
+
+@pytest.mark.parametrize("how", ["url_credentials", "job_headers"])
+def test_credentials_are_not_sent_to_another_origin(temp_root: Path, test_server: TestServer, how: str) -> None:
+    """Una redirección a otro origen (otro puerto) no lleva ni las credenciales de la URL ni las
+    cabeceras Authorization/Cookie del trabajo; al origen de la URL sí llegan."""
+    data = os.urandom(20_000)
+    with TestServer() as other:
+        other.add("/elsewhere.bin", Behavior(data=data))
+        test_server.add("/jump", Behavior(redirect_to=other.url("/elsewhere.bin")))
+        if how == "url_credentials":
+            options = opts(f"http://alice:pw-123@127.0.0.1:{test_server.port}/jump", headers={"X-Trace": "1"})
+        else:
+            options = opts(test_server.url("/jump"), headers={"Authorization": "Bearer tok-456",
+                                                              "Cookie": "session=abc", "X-Trace": "1"})
+        out = run_download(temp_root, "xorigin", options)
+        assert out.error is None, out.error
+        assert out.data == data
+        first = test_server.requests_for("/jump")[0].headers
+        assert first.get("Authorization", "").startswith("Basic " if how == "url_credentials" else "Bearer ")
+        (second,) = other.requests_for("/elsewhere.bin")
+        assert "Authorization" not in second.headers and "Cookie" not in second.headers
+        assert second.headers.get("X-Trace") == "1"
     assert temp_dirs(temp_root) == []

@@ -263,7 +263,17 @@ class HttpDownloader:
         progress: ProgressCallback | None,
     ) -> DownloadResult:
         self._raise_for_status(response)
-        resumed = response.status == 206 and offset > 0 and self._range_matches(response, offset)
+        start = self._usable_range_start(response, offset) if response.status == 206 else 0
+        if start is None:
+            # Un 206 que no empieza donde pedimos (ni es el archivo entero desde 0): escribirlo
+            # daría un archivo con otro contenido. Se tira la parte local y se reintenta de cero.
+            part.unlink(missing_ok=True)
+            meta_path.unlink(missing_ok=True)
+            raise IncompleteBody(
+                f"the server answered 206 with Content-Range {response.headers.get('Content-Range')!r} "
+                f"to a request from byte {offset}; starting over"
+            )
+        resumed = response.status == 206 and offset > 0 and start == offset
         if not resumed:
             offset = 0
         length = response.content_length
@@ -382,9 +392,22 @@ class HttpDownloader:
         raise HTTPClientError(f"the server answered HTTP {status} {response.reason or ''}".rstrip(), status=status)
 
     @staticmethod
-    def _range_matches(response: aiohttp.ClientResponse, offset: int) -> bool:
-        match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
-        return bool(match) and int(match.group(1)) == offset
+    def _usable_range_start(response: aiohttp.ClientResponse, offset: int) -> int | None:
+        """Dónde empieza el cuerpo de un 206 si sirve, o None.
+
+        Sirve si llega hasta el final del archivo (``bytes a-b/c`` con b + 1 == c, o c
+        desconocido) y empieza en ``offset`` (reanudación) o en 0 con tamaño conocido (el
+        archivo entero enviado como 206).
+        """
+        match = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", response.headers.get("Content-Range", ""))
+        if not match:
+            return None
+        start, end, complete = int(match.group(1)), int(match.group(2)), match.group(3)
+        if complete != "*" and end + 1 != int(complete):
+            return None
+        if start == offset or (start == 0 and complete != "*"):
+            return start
+        return None
 
     @staticmethod
     def _load_meta(meta_path: Path, url: str) -> dict[str, Any] | None:

@@ -54,13 +54,19 @@ class DaemonProcess:
         self.config = config
         self.config_path = base / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
-        self.spool = base / "spool"
-        self.temp_root = base / "tmp"
-        self.output = base / "out"
-        self.event_log = base / "log" / "events.jsonl"
-        self.status_file = base / "run" / "status.json"
+        # Las rutas salen de la configuración (relativas a ``base``, como hace el daemon con las
+        # del config.yaml): un spool_dir u output_dir compartido se respeta también aquí.
+        self.spool = self._path(config["spool_dir"])
+        self.temp_root = self._path(config["temp_dir"])
+        self.output = self._path(config["output_dir"])
+        self.event_log = self._path(config["event_log"])
+        self.status_file = self._path(config["status_file"])
         self.proc: subprocess.Popen[bytes] | None = None
         self._seq = 0
+
+    def _path(self, value: str | Path) -> Path:
+        path = Path(value)
+        return path if path.is_absolute() else self.base / path
 
     # --- proceso ------------------------------------------------------------------------
     def start(self, wait_ready: bool = True, env: dict[str, str] | None = None) -> DaemonProcess:
