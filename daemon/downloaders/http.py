@@ -121,17 +121,26 @@ class _Sink:
         os.ftruncate(self.fd, self.size)
         os.lseek(self.fd, self.size, os.SEEK_SET)
 
-    def write(self, data: bytes | bytearray) -> None:
-        view = memoryview(data)
-        while view:
-            written = os.write(self.fd, view)
-            view = view[written:]
-        self.hasher.update(data)
-        self.size += len(data)
+    def write(self, chunks: list[bytes]) -> None:
+        """Escribe los trozos tal como llegaron (writev: sin juntarlos antes) y los resume."""
+        for start in range(0, len(chunks), 512):  # IOV_MAX es 1024
+            group = chunks[start:start + 512]
+            expected = sum(map(len, group))
+            written = os.writev(self.fd, group)
+            if written != expected:  # escritura corta (disco casi lleno): completar o fallar
+                self._write_rest(b"".join(group), written)
+            for chunk in group:
+                self.hasher.update(chunk)
+            self.size += expected
 
-    def write_and_finish(self, data: bytes | bytearray, fsync: bool) -> None:
-        if data:
-            self.write(data)
+    def _write_rest(self, data: bytes, offset: int) -> None:
+        view = memoryview(data)[offset:]
+        while view:
+            view = view[os.write(self.fd, view):]
+
+    def write_and_finish(self, chunks: list[bytes], fsync: bool) -> None:
+        if chunks:
+            self.write(chunks)
         self.finish(fsync)
 
     def finish(self, fsync: bool) -> None:
@@ -321,10 +330,14 @@ class HttpDownloader:
         total: int | None,
         progress: ProgressCallback | None,
         loop: asyncio.AbstractEventLoop,
-    ) -> bytearray:
-        """Lee el cuerpo hasta el final; devuelve lo que queda sin escribir (la cola)."""
+    ) -> list[bytes]:
+        """Lee el cuerpo hasta el final; devuelve lo que queda sin escribir (la cola).
+
+        Los trozos se agrupan en lotes de ~1 MiB sin copiarlos; mientras el hilo de escritura
+        escribe y resume un lote, el bucle sigue leyendo el siguiente."""
         received = sink.size
-        buffer = bytearray()
+        buffer: list[bytes] = []
+        buffered = 0
         pending: asyncio.Future[None] | None = None
         last_report = 0.0
         try:
@@ -335,12 +348,13 @@ class HttpDownloader:
                         f"the download passed the limit of {options.max_bytes} bytes (max_bytes)",
                         limit=options.max_bytes,
                     )
-                buffer += chunk
-                if len(buffer) >= _BATCH:
+                buffer.append(chunk)
+                buffered += len(chunk)
+                if buffered >= _BATCH:
                     if pending is not None:
                         await pending
                     pending = loop.run_in_executor(self._executor, sink.write, buffer)
-                    buffer = bytearray()
+                    buffer, buffered = [], 0
                     crash_point("mid_download")
                     now = time.monotonic()
                     if progress is not None and now - last_report >= 0.25:
@@ -367,7 +381,7 @@ class HttpDownloader:
         self,
         pending: asyncio.Future[None] | None,
         sink: _Sink,
-        buffer: bytearray,
+        buffer: list[bytes],
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         """Escribe lo recibido hasta ahora (para poder reanudar desde ahí)."""

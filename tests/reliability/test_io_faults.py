@@ -357,7 +357,8 @@ def test_write_fault_after_n_mib(tmp_path: Path, test_server: TestServer, code: 
             wait_until(lambda: _part_size(daemon, "nth") > after - MIB, 30, what="the held body on disk")
             written_before = _part_size(daemon, "nth")
             _after_a_status_write(daemon)
-            daemon.fiu_ctrl(f"enable name=posix/io/rw/write,failinfo={code},onetime")
+            # La descarga escribe con writev (los trozos tal como llegan).
+            daemon.fiu_ctrl(f"enable name=posix/io/rw/writev,failinfo={code},onetime")
             hold.set()
             record = _assert_storage_failure(daemon, "nth", code)
             assert record["attempts"] == 1, "a storage error is permanent: no retry"
