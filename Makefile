@@ -91,3 +91,17 @@ uninstall:
 		$(DESTDIR)$(LOGROTATEDIR)/videonote-dl $(DESTDIR)$(BASHCOMPDIR)/videonote-dl
 	rm -rf $(DESTDIR)$(INSTALL_VENV)
 	@echo "uninstalled; kept $(SYSCONFDIR)/videonote-dl, /var/lib/videonote-dl, /var/log/videonote-dl and the user"
+
+# ---------------------------------------------------------------------------------------------
+# make bench: los bancos de bench/ (issue 7). Monta tmpfs, arranca nginx (lo instala con apt-get
+# si falta) y corre los 7 escenarios frente a curl, aria2c, wget y yt-dlp; imprime las tablas y
+# escribe bench/results/latest.md y latest.json (unos 15 minutos; como root). BENCH_ARGS pasa
+# opciones (p. ej. BENCH_ARGS='--scenario 2 --runs 7'). make bench-smoke: el humo de CI
+# (escenario 2 con 50 trabajos, una ronda; resultados en bench/results/raw/).
+BENCH_ARGS ?=
+
+bench: $(STAMP)
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+bench-smoke: $(STAMP)
+	$(PY) -m bench.run --smoke

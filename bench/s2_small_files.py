@@ -1,0 +1,125 @@
+"""Escenario 2: 1.000 archivos de 16 KiB entregados como 1.000 archivos de trabajo a la vez.
+
+daemon: del rename del primer archivo de trabajo al ``job.recorded`` del último (spool, directorio
+aislado por trabajo, publicación y registro terminal incluidos), con ``max_concurrent: 8``;
+frente a ``aria2c -i lista -j 8``, ``curl -Z --parallel-max 8`` y ``xargs -P8 curl``.
+``--smoke`` lo corre con 50 trabajos y una ronda (lo que usa CI para que el arnés no se pudra).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.common import Measurement, Row, ScenarioResult, Target, median, run_paired
+from bench.context import BenchContext
+from bench.daemon_runner import BenchDaemon, job_yaml
+from bench.infra import run_tool
+
+FILE_SIZE = 16 * 1024
+
+
+def _count_files(folder: Path, size: int) -> int:
+    return sum(1 for e in os.scandir(folder) if e.is_file() and e.stat().st_size == size)
+
+
+def run(ctx: BenchContext) -> ScenarioResult:
+    """Mide el escenario 2 y devuelve su resultado."""
+    n = 50 if ctx.smoke else 1000
+    urls = ctx.small_files(n, FILE_SIZE)
+    rounds = ctx.rounds(5)
+    base = ctx.scratch("s2")
+    lists = base / "lists"
+    lists.mkdir()
+    url_list = lists / "urls.txt"
+    url_list.write_text("\n".join(urls) + "\n")
+    daemon = BenchDaemon(base / "daemon", "s2", max_concurrent=8)
+    daemon.start(profile="s2" if ctx.profile else None)
+
+    def via_daemon(rnd: int) -> Measurement:
+        ids = [f"s2-r{rnd}-{i:05d}" for i in range(n)]
+        pairs = daemon.prepare_jobs([(f"{cid}.yaml", job_yaml(url, cid, filename=f"{cid}.bin"))
+                                     for cid, url in zip(ids, urls, strict=True)])
+        cpu0, split0 = daemon.cpu_seconds(), daemon.cpu_split()
+        times = daemon.deliver(pairs)
+        daemon.wait_events("job.recorded", ids, timeout=300)
+        cpu1, split1 = daemon.cpu_seconds(), daemon.cpu_split()
+        ev = daemon.events
+        last = max(ev.ts("job.recorded", cid) for cid in ids)  # type: ignore[type-var]
+        last_pickup = max(ev.ts("job.received", cid) for cid in ids)  # type: ignore[type-var]
+        done = _count_files(daemon.output, FILE_SIZE)
+        if done != n:
+            raise RuntimeError(f"daemon published {done} of {n} files")
+        counts = daemon.terminal_counts()
+        if counts["failed"] or counts["rejected"]:
+            raise RuntimeError(f"daemon failed/rejected jobs: {counts}")
+        daemon.clear_outputs()
+        wall = last - times[0]
+        return {"wall": wall, "files_per_s": n / wall, "cpu": cpu1 - cpu0, "cpu_user": split1[0] - split0[0],
+                "cpu_sys": split1[1] - split0[1], "drop_s": times[-1] - times[0],
+                "last_pickup": last_pickup - times[0]}
+
+    def tool(name: str, argv_for: Callable[[Path], list[str]]) -> tuple[str, Callable[[int], Measurement]]:
+        def measure(rnd: int) -> Measurement:
+            out = base / f"out-{name.split()[0]}-{rnd}"
+            out.mkdir()
+            result = run_tool(argv_for(out), cwd=out)
+            got = _count_files(out, FILE_SIZE)
+            if result.returncode != 0 or got != n:
+                raise RuntimeError(f"{name} exited {result.returncode} with {got}/{n} files: {result.stderr}")
+            shutil.rmtree(out)
+            return {"wall": result.wall, "files_per_s": n / result.wall, "cpu": result.cpu}
+
+        return name, measure
+
+    t = ctx.tools
+    contenders: list[tuple[str, Callable[[int], Measurement]]] = [("daemon", via_daemon)]
+    if t.get("aria2c"):
+        contenders.append(tool("aria2c -i list -j 8", lambda out: [
+            t["aria2c"], "-q", "-i", str(url_list), "-j", "8", "-d", str(out),  # type: ignore[list-item]
+            "--allow-overwrite=true", "--auto-file-renaming=false"]))
+    if t.get("curl"):
+        contenders.append(tool("curl -Z --parallel-max 8", lambda out: [
+            t["curl"], "-sS", "-Z", "--parallel-max", "8", "--output-dir", str(out),  # type: ignore[list-item]
+            "--remote-name-all", *urls]))
+        contenders.append(tool("xargs -P8 curl", lambda out: [
+            "xargs", "-P8", "-n1", "-a", str(url_list), t["curl"], "-sS", "--output-dir", str(out),  # type: ignore[list-item]
+            "-O"]))
+    started = time.time()
+    try:
+        raw = run_paired(contenders, rounds, between=lambda: time.sleep(0.2))
+    finally:
+        daemon.stop()
+        daemon.save_events("s2")
+    result = ScenarioResult(
+        2, f"{n:,} files of 16 KiB",
+        f"{n:,} distinct 16 KiB files. daemon (max_concurrent: 8): {n:,} job files written to spool/tmp/ "
+        "beforehand, then renamed into incoming/ at once; time from the first rename to the last "
+        "`job.recorded` (claim, parse, isolated temp dir + flock, download, sha256, publish, terminal "
+        "record, cleanup). Tools: process wall time with a URL list prepared beforehand, 8 in parallel.",
+        runs=rounds, duration_s=time.time() - started,
+    )
+    d = raw["daemon"]
+    for name, values in raw.items():
+        ratios = None if name == "daemon" else [dm["wall"] / m["wall"] for dm, m in zip(d, values, strict=True)]
+        result.rows.append(Row(name, "wall", "s", [m["wall"] for m in values], ratios))
+    for name, values in raw.items():
+        result.rows.append(Row(name, "throughput", "files/s", [m["files_per_s"] for m in values]))
+    for name, values in raw.items():
+        result.rows.append(Row(name, "CPU (user+sys)", "s", [m["cpu"] for m in values]))
+    result.rows.append(Row("daemon", "  of which user (main process)", "s", [m["cpu_user"] for m in d]))
+    result.rows.append(Row("daemon", "  of which system (main process)", "s", [m["cpu_sys"] for m in d]))
+    result.rows.append(Row("daemon", "first rename -> last job.received", "s", [m["last_pickup"] for m in d]))
+    result.rows.append(Row("daemon", f"time to rename {n:,} files (producer)", "s", [m["drop_s"] for m in d]))
+    aria = raw.get("aria2c -i list -j 8")
+    if aria:
+        # files/s del daemon >= files/s de aria2c  <=>  razón de tiempos daemon/aria2c <= 1.
+        ratio = median([dm["wall"] / m["wall"] for dm, m in zip(d, aria, strict=True)])
+        result.targets.append(Target(f"{n:,} small jobs: wall vs aria2c (files/s at least aria2c's)", ratio, 1.0,
+                                     "x", detail=f"daemon {median([m['files_per_s'] for m in d]):.0f} files/s, "
+                                     f"aria2c {median([m['files_per_s'] for m in aria]):.0f} files/s"))
+    result.raw = {"n": n, "measurements": raw}
+    return result
