@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from collections.abc import MutableMapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -122,8 +121,20 @@ _log_file: EventLogFile | None = None
 _stderr_enabled = True
 
 
+_second_prefix: tuple[int, str] = (0, "")
+
+
 def _timestamp(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    event_dict["ts"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # UTC ISO 8601 con microsegundos. El prefijo de cada segundo se formatea una sola vez (strftime es
+    # lo más caro de un evento); la tupla se reemplaza entera, así que otro hilo nunca ve media.
+    global _second_prefix
+    now = time.time()
+    second = int(now)
+    cached = _second_prefix
+    if cached[0] != second:
+        cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        _second_prefix = cached
+    event_dict["ts"] = f"{cached[1]}.{int((now - second) * 1_000_000):06d}Z"
     return event_dict
 
 

@@ -218,8 +218,12 @@ class Daemon:
         loop = self._loop
         if loop is None:
             return
-        event = self._cancel_wanted if label == "cancel" else self._scan_wanted
-        loop.call_soon_threadsafe(event.set)
+        loop.call_soon_threadsafe(self._woken, label)
+
+    def _woken(self, label: str) -> None:
+        if self.watcher is not None:
+            self.watcher.acknowledge(label)  # antes de escanear: lo que llegue ahora vuelve a avisar
+        (self._cancel_wanted if label == "cancel" else self._scan_wanted).set()
 
     async def _scan_loop(self) -> None:
         while not self._stop.is_set():
@@ -593,6 +597,21 @@ def _iso(ts: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}Z"
 
 
+def _return_big_blocks_to_the_system() -> None:
+    """glibc: los bloques de 128 KiB o más se piden con mmap y se devuelven al liberarlos.
+
+    Los trozos de un cuerpo HTTP (hasta 256 KiB) se crean y liberan sin parar; con el umbral
+    dinámico por defecto el montón los retiene y el RSS crece varios MiB durante una descarga
+    grande (medido en bench/, escenario 5)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # otra libc: nada que ajustar
+
+
 def run_daemon(settings: Settings) -> int:
     """Corre el daemon hasta que lo paren; devuelve el código de salida."""
+    _return_big_blocks_to_the_system()
     return asyncio.run(Daemon(settings).run())

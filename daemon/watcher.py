@@ -1,70 +1,106 @@
-"""Vigilancia de incoming/ y cancel/ con watchdog (inotify): los eventos sólo despiertan un escaneo.
+"""Vigilancia de incoming/ y cancel/ con el lector inotify de watchdog: los eventos sólo despiertan un escaneo.
 
-Los eventos son pistas; el directorio es la verdad. El manejador nunca lanza (una excepción
-mataría en silencio el hilo de despacho de watchdog) y la salud del observador se comprueba:
-si murió, o si la carpeta vigilada fue reemplazada, se reinicia.
+Los eventos son pistas; el directorio es la verdad. Se usa el ``InotifyFD`` de watchdog (su hilo
+lector y sus callbacks) sin el ``Observer`` de alto nivel: éste agrupa los movimientos y retiene
+0,5 s cada "salida" sin pareja (justo lo que hace el daemon al reclamar), y todo lo que llega
+detrás espera con ella. Aquí sólo se piden las llegadas (IN_MOVED_TO, IN_CREATE,
+IN_CLOSE_WRITE): los reclamos del propio daemon no generan eventos. Un desbordamiento de la cola
+del kernel despierta un escaneo. Las llamadas a ``wake`` se agrupan: una ráfaga de 10.000
+archivos no encola 10.000 despertares.
+
+El callback nunca lanza (una excepción mataría en silencio el hilo lector) y la salud se
+comprueba: si el hilo murió, si se perdió una vigilancia o si la carpeta fue reemplazada, se
+reinicia.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
+from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, InotifyFD
 
 __all__ = ["SpoolWatcher"]
 
+_ARRIVALS = InotifyConstants.IN_MOVED_TO | InotifyConstants.IN_CREATE | InotifyConstants.IN_CLOSE_WRITE
+_MASK = _ARRIVALS | InotifyConstants.IN_DELETE_SELF | InotifyConstants.IN_MOVE_SELF | InotifyConstants.IN_ONLYDIR
 
-class _WakeHandler(FileSystemEventHandler):
-    def __init__(self, wake: Callable[[str], None], label: str) -> None:
-        self._wake = wake
+
+class _Wake:
+    """Callback de una carpeta para el hilo lector de watchdog."""
+
+    def __init__(self, watcher: SpoolWatcher, label: str) -> None:
+        self._watcher = watcher
         self._label = label
 
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        try:
-            if event.event_type not in ("opened", "closed_no_write"):
-                self._wake(self._label)
-        except Exception:  # nunca dejar que una excepción mate el hilo de despacho
-            pass
+    def on_event(self, _event: InotifyEvent) -> None:
+        self._watcher._notify(self._label)
+
+    def on_watch_deleted(self, _wd: object) -> None:
+        self._watcher._lost.add(self._label)
+        self._watcher._notify(self._label)
+
+    def on_queue_overflow(self) -> None:
+        self._watcher._notify(self._label)
 
 
 class SpoolWatcher:
-    """Observa carpetas y llama ``wake(label)`` (desde otro hilo) ante cualquier cambio."""
+    """Observa carpetas y llama ``wake(label)`` (desde el hilo lector) cuando algo llega."""
 
     def __init__(self, folders: dict[str, Path], wake: Callable[[str], None]) -> None:
         self.folders = folders
         self.wake = wake
-        self._observer: Observer | None = None  # type: ignore[valid-type]
+        self._reader: InotifyFD | None = None
         self._identity: dict[str, tuple[int, int]] = {}
+        self._pending: set[str] = set()
+        self._pending_lock = threading.Lock()
+        self._lost: set[str] = set()
         self.restarts = 0
 
     def start(self) -> None:
-        observer = Observer()
+        reader = InotifyFD()
+        self._lost.clear()
         for label, folder in self.folders.items():
             folder.mkdir(parents=True, exist_ok=True)
             st = os.stat(folder)
             self._identity[label] = (st.st_dev, st.st_ino)
-            observer.schedule(_WakeHandler(self.wake, label), str(folder), recursive=False)
-        observer.daemon = True
-        observer.start()
-        self._observer = observer
+            reader.add_callback(os.fsencode(folder), _MASK, _Wake(self, label), label)
+        reader.daemon = True
+        reader.start()
+        self._reader = reader
 
     def stop(self) -> None:
-        observer, self._observer = self._observer, None
-        if observer is not None:
-            observer.stop()
-            observer.join(timeout=5)
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.stop()
+            reader.join(timeout=5)
+
+    def acknowledge(self, label: str) -> None:
+        """El bucle atendió el aviso de ``label``: el próximo evento vuelve a avisar."""
+        with self._pending_lock:
+            self._pending.discard(label)
+
+    def _notify(self, label: str) -> None:
+        """Avisa una vez hasta que el bucle lo atiende; nunca lanza (mataría el hilo lector)."""
+        with self._pending_lock:
+            if label in self._pending:
+                return
+            self._pending.add(label)
+        try:
+            self.wake(label)
+        except Exception:
+            with self._pending_lock:
+                self._pending.discard(label)  # el aviso no llegó: que el próximo evento lo reintente
 
     def health_problem(self) -> str | None:
-        """Por qué el observador no está sano (o None si lo está)."""
-        observer = self._observer
-        if observer is None or not observer.is_alive():
-            return "observer thread is not running"
-        for emitter in list(observer.emitters):
-            if not emitter.is_alive():
-                return f"emitter for {emitter.watch.path} died"
+        """Por qué la vigilancia no está sana (o None si lo está)."""
+        reader = self._reader
+        if reader is None or not reader.is_alive():
+            return "inotify reader thread is not running"
+        if self._lost:
+            return f"watch on {', '.join(sorted(self._lost))} was removed (folder deleted or moved)"
         for label, folder in self.folders.items():
             try:
                 st = os.stat(folder)

@@ -19,8 +19,9 @@ import hashlib
 import os
 import re
 import time
+from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -54,6 +55,8 @@ __all__ = ["HttpDownloader", "filename_from_response", "sanitize_filename"]
 PART_NAME = "download.part"
 META_NAME = "download.meta.json"
 _BATCH = 1024 * 1024
+_NO_RESUME_BELOW = 64 * 1024
+_IN_FLIGHT = 2  # lotes escribiéndose mientras se lee el siguiente
 _REDIRECTS = (301, 302, 303, 307, 308)
 _UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f/\\]")
 _DISPOSITION_STAR = re.compile(r"filename\*\s*=\s*([^']*)'[^']*'([^;]+)", re.IGNORECASE)
@@ -299,18 +302,25 @@ class HttpDownloader:
             "last_modified": response.headers.get("Last-Modified"),
             "filename": filename,
         }
-        meta_path.write_bytes(orjson.dumps(meta))
+        small = total is not None and total <= _BATCH
+        if total is None or total > _NO_RESUME_BELOW:  # reanudar 64 KiB no compensa escribir validadores
+            meta_path.write_bytes(orjson.dumps(meta))
         loop = asyncio.get_running_loop()
+        # Un cuerpo grande tiene su propio hilo de escritura: los lotes se escriben en orden, y hasta
+        # dos pueden esperar mientras el bucle sigue leyendo (el hash no frena la red).
+        writer = self._executor if small else ThreadPoolExecutor(max_workers=1, thread_name_prefix="http-writer")
         # Sin nada que rehashear, abrir el archivo es barato: se hace aquí, sin saltar de hilo.
-        sink = _Sink(part, 0) if offset == 0 else await loop.run_in_executor(self._executor, _Sink, part, offset)
+        sink = _Sink(part, 0) if offset == 0 else await loop.run_in_executor(writer, _Sink, part, offset)
         try:
-            tail = await self._stream(response, sink, options, total, progress, loop)
+            tail = await self._stream(response, sink, options, total, progress, loop, writer)
             # Un solo salto al hilo de escritura para la cola del cuerpo y el fsync.
-            await loop.run_in_executor(self._executor, sink.write_and_finish, tail, self.fsync)
+            await loop.run_in_executor(writer, sink.write_and_finish, tail, self.fsync)
         except OSError as exc:
             raise StorageError(f"cannot write the download: {exc.strerror}", errno=exc.errno) from None
         finally:
             sink.close()
+            if writer is not self._executor:
+                writer.shutdown(wait=False)
         if length is not None and sink.size < (total or 0):
             raise IncompleteBody(f"the server sent {sink.size} of {total} bytes")
         final = part.with_name(filename)
@@ -330,6 +340,7 @@ class HttpDownloader:
         total: int | None,
         progress: ProgressCallback | None,
         loop: asyncio.AbstractEventLoop,
+        writer: Executor,
     ) -> list[bytes]:
         """Lee el cuerpo hasta el final; devuelve lo que queda sin escribir (la cola).
 
@@ -338,7 +349,7 @@ class HttpDownloader:
         received = sink.size
         buffer: list[bytes] = []
         buffered = 0
-        pending: asyncio.Future[None] | None = None
+        pending: deque[asyncio.Future[None]] = deque()
         last_report = 0.0
         try:
             async for chunk in response.content.iter_any():
@@ -351,9 +362,9 @@ class HttpDownloader:
                 buffer.append(chunk)
                 buffered += len(chunk)
                 if buffered >= _BATCH:
-                    if pending is not None:
-                        await pending
-                    pending = loop.run_in_executor(self._executor, sink.write, buffer)
+                    if len(pending) >= _IN_FLIGHT:
+                        await pending.popleft()
+                    pending.append(loop.run_in_executor(writer, sink.write, buffer))
                     buffer, buffered = [], 0
                     crash_point("mid_download")
                     now = time.monotonic()
@@ -362,33 +373,34 @@ class HttpDownloader:
                         progress(received, total)
         except TimeoutError:
             # Primero: ServerTimeoutError de aiohttp también es un ClientError.
-            await self._drain(pending, sink, buffer, loop)
+            await self._drain(pending, sink, buffer, loop, writer)
             raise DownloadTimeout(f"no data from the server for {options.timeout:.0f}s",
                                   received=received) from None
         except aiohttp.ClientPayloadError as exc:
-            await self._drain(pending, sink, buffer, loop)
+            await self._drain(pending, sink, buffer, loop, writer)
             raise IncompleteBody(f"the connection ended early: {exc}", received=received) from None
         except (aiohttp.ClientError, ConnectionError) as exc:
-            await self._drain(pending, sink, buffer, loop)
+            await self._drain(pending, sink, buffer, loop, writer)
             raise ConnectionFailed(f"the connection failed mid-body: {exc}", received=received) from None
-        if pending is not None:
-            await pending
+        while pending:
+            await pending.popleft()
         if progress is not None:
             progress(received, total)
         return buffer
 
     async def _drain(
         self,
-        pending: asyncio.Future[None] | None,
+        pending: deque[asyncio.Future[None]],
         sink: _Sink,
         buffer: list[bytes],
         loop: asyncio.AbstractEventLoop,
+        writer: Executor,
     ) -> None:
         """Escribe lo recibido hasta ahora (para poder reanudar desde ahí)."""
-        if pending is not None:
-            await pending
+        while pending:
+            await pending.popleft()
         if buffer:
-            await loop.run_in_executor(self._executor, sink.write, buffer)
+            await loop.run_in_executor(writer, sink.write, buffer)
 
     # --- ayudas -------------------------------------------------------------------------
     @staticmethod

@@ -48,9 +48,9 @@ def test_health_check_sees_a_replaced_folder_and_a_dead_observer(tmp_path: Path)
         assert watcher.health_problem() is None
         shutil.rmtree(folder)
         folder.mkdir()
-        # Según el momento, watchdog ve el borrado (su emisor muere) o la carpeta nueva (otro inodo).
-        problem = watcher.health_problem()
-        assert problem is not None and ("replaced" in problem or "died" in problem), problem
+        # Según el momento se ve la vigilancia perdida (IN_DELETE_SELF) o la carpeta nueva (otro inodo).
+        problem = wait_until(watcher.health_problem, 5, what="a health problem")
+        assert "replaced" in problem or "removed" in problem or "deleted" in problem, problem
         watcher.restart()
         assert watcher.health_problem() is None and watcher.restarts == 1
         watcher.stop()
