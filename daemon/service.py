@@ -597,21 +597,6 @@ def _iso(ts: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}Z"
 
 
-def _return_big_blocks_to_the_system() -> None:
-    """glibc: los bloques de 128 KiB o más se piden con mmap y se devuelven al liberarlos.
-
-    Los trozos de un cuerpo HTTP (hasta 256 KiB) se crean y liberan sin parar; con el umbral
-    dinámico por defecto el montón los retiene y el RSS crece varios MiB durante una descarga
-    grande (medido en bench/, escenario 5)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass  # otra libc: nada que ajustar
-
-
 def run_daemon(settings: Settings) -> int:
     """Corre el daemon hasta que lo paren; devuelve el código de salida."""
-    _return_big_blocks_to_the_system()
     return asyncio.run(Daemon(settings).run())

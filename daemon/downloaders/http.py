@@ -54,7 +54,7 @@ __all__ = ["HttpDownloader", "filename_from_response", "sanitize_filename"]
 
 PART_NAME = "download.part"
 META_NAME = "download.meta.json"
-_BATCH = 1024 * 1024
+_BATCH = 512 * 1024
 _NO_RESUME_BELOW = 64 * 1024
 _IN_FLIGHT = 2  # lotes escribiéndose mientras se lee el siguiente
 _REDIRECTS = (301, 302, 303, 307, 308)
@@ -177,7 +177,7 @@ class HttpDownloader:
             session = aiohttp.ClientSession(
                 connector=connector,
                 auto_decompress=False,
-                read_bufsize=1024 * 1024,
+                read_bufsize=256 * 1024,
                 timeout=aiohttp.ClientTimeout(total=None),
                 headers={"User-Agent": self.user_agent, "Accept-Encoding": "identity"},
                 max_line_size=16384,
