@@ -82,6 +82,7 @@ class DownloadTask:
     error: dict[str, Any] | None = None
     interrupt: bool = False
     _last_progress: tuple[float, int] = (0.0, 0)
+    _progress_events: int = 0
 
     @property
     def temp_dir(self) -> Path | None:
@@ -317,11 +318,17 @@ class DownloadManager:
             task.bytes_done, task.bytes_total = done, total
             now = time.monotonic()
             last_time, last_bytes = task._last_progress
-            if now - last_time < self.progress_interval and (total is None or done < total):
+            if not last_time:  # primera noticia: empieza a contar el intervalo
+                task._last_progress = (now, done)
                 return
-            if last_time:
-                task.speed = (done - last_bytes) / max(now - last_time, 1e-6)
+            finished = total is not None and done >= total
+            # Como mucho un evento por intervalo; el del final sólo si hubo alguno antes: una
+            # descarga que dura menos de un intervalo no necesita informe de progreso.
+            if now - last_time < self.progress_interval and not (finished and task._progress_events):
+                return
+            task.speed = (done - last_bytes) / max(now - last_time, 1e-6)
             task._last_progress = (now, done)
+            task._progress_events += 1
             percent = round(done * 100 / total, 1) if total else None
             _log.info("job.progress", correlation_id=task.correlation_id, bytes=done, total=total,
                       percent=percent, speed=round(task.speed))
@@ -345,22 +352,24 @@ class DownloadManager:
                     expected=options.sha256, actual=result.sha256,
                 )
             crash_point("before_publish")
-            published = await asyncio.get_running_loop().run_in_executor(
-                None, publish_file, result.path, self.output_root, task.output_subdir, result.filename, marker,
-                self.fsync,
-            )
-            task.published_path, task.renamed = published.path, published.renamed
-            result.path, result.filename, result.published = published.path, published.path.name, True
-            task.result = result
-            _log.info("job.published", correlation_id=task.correlation_id, path=str(published.path),
-                      renamed=published.renamed, size=result.size, sha256=result.sha256)
-            crash_point("after_publish")
-            if self.on_published is not None:
-                # El registro terminal se escribe con fsync: fuera del hilo del bucle.
-                await asyncio.get_running_loop().run_in_executor(None, self.on_published, task)
+            # Publicar y escribir el registro terminal (ambos con fsync) en un solo salto de hilo.
+            await asyncio.get_running_loop().run_in_executor(None, self._publish_and_record, task, result, marker)
             return result
 
         return run
+
+    def _publish_and_record(self, task: DownloadTask, result: DownloadResult, marker: Path) -> None:
+        """En un hilo de trabajo: publicar por ``link()`` y escribir el registro terminal."""
+        published = publish_file(result.path, self.output_root, task.output_subdir, result.filename, marker,
+                                 self.fsync)
+        task.published_path, task.renamed = published.path, published.renamed
+        result.path, result.filename, result.published = published.path, published.path.name, True
+        task.result = result
+        _log.info("job.published", correlation_id=task.correlation_id, path=str(published.path),
+                  renamed=published.renamed, size=result.size, sha256=result.sha256)
+        crash_point("after_publish")
+        if self.on_published is not None:
+            self.on_published(task)
 
     def _finish_recovered(self, task: DownloadTask, published: Path) -> DownloadResult:
         from daemon.sha import file_sha256
