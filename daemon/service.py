@@ -63,6 +63,7 @@ class Daemon:
         self._claiming = True
         self._first_scan_done = asyncio.Event()
         self._extractor_index_ready = False
+        self._index_lock = asyncio.Lock()
         self._last_scan = 0.0
         self._incoming_waiting = 0
         self._last_incoming_size = 0
@@ -84,7 +85,7 @@ class Daemon:
         self.manager = DownloadManager(
             self._downloaders, s.output_dir, max_concurrent=s.max_concurrent, temp_root=s.temp_dir,
             progress_interval=s.download.progress_interval, on_published=self._on_published,
-            on_finished=self._on_finished,
+            on_finished=self._on_finished, resolve_auto=self._resolve_auto,
         )
         self._recover()
         self.watcher = SpoolWatcher({"incoming": self.spool.incoming, "cancel": self.spool.cancel}, self._wake)
@@ -253,8 +254,6 @@ class Daemon:
             if self.spool.claim(entry.name):
                 crash_point("after_claim")
                 claimed += 1
-                if self._needs_extractor_index(entry.name):
-                    await self._warm_extractor_index()
                 self._accept(entry.name)
                 if claimed % _CLAIM_BATCH == 0:
                     await asyncio.sleep(0)  # dejar respirar al bucle (watchdog, señales)
@@ -321,10 +320,6 @@ class Daemon:
 
         return replace(job, id=f"{job.id[:40]}-{new_correlation_id()[:12]}", id_source="generated")
 
-    def _needs_extractor_index(self, _name: str) -> bool:
-        """Si el próximo trabajo podría consultar el índice de extractores y aún no está cargado."""
-        return not self._extractor_index_ready and "ytdlp" in self._downloaders
-
     async def _warm_extractor_index(self) -> None:
         """Carga el índice de extractores de yt-dlp fuera del bucle (~0,4-1 s una vez por proceso),
         justo antes del primer trabajo: el daemon ocioso no paga esa memoria."""
@@ -337,13 +332,27 @@ class Daemon:
         self._extractor_index_ready = True
 
     def _choose_downloader(self, job: JobSpec) -> str | None:
-        if job.downloader == "http":
+        """El descargador pedido; ``auto`` se resuelve al arrancar la descarga (``_resolve_auto``),
+        no al reclamar: una ráfaga se encola sin consultar los extractores de yt-dlp."""
+        if job.downloader == "ytdlp" and "ytdlp" not in self._downloaders:
+            return None
+        if job.downloader == "auto" and "ytdlp" not in self._downloaders:
             return "http"
-        if "ytdlp" not in self._downloaders:
-            return None if job.downloader == "ytdlp" else "http"
+        return job.downloader
+
+    async def _resolve_auto(self, url: str) -> str:
+        """``auto`` -> ``ytdlp`` si un extractor de yt-dlp (no el genérico) reclama la URL, si no ``http``."""
         from daemon.downloaders.ytdlp import pick_downloader
 
-        return pick_downloader(job.url, job.downloader)
+        if not self._extractor_index_ready:
+            async with self._index_lock:  # varias descargas arrancan a la vez: se carga una vez
+                if not self._extractor_index_ready:
+                    await self._warm_extractor_index()
+        try:
+            return pick_downloader(url, "auto")
+        except Exception as exc:
+            _log.warning("daemon.error", where="pick_downloader", error=repr(exc))
+            return "http"
 
     def _reject(self, name: str, reason: str, job_id: str | None) -> None:
         path = self.spool.reject(name, reason)

@@ -14,7 +14,7 @@ import heapq
 import itertools
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,7 @@ class DownloadManager:
         on_published: Hook | None = None,
         on_finished: Hook | None = None,
         fsync: bool = True,
+        resolve_auto: Callable[[str], Awaitable[str]] | None = None,
     ) -> None:
         self.downloaders = downloaders
         self.output_root = output_root
@@ -130,6 +131,7 @@ class DownloadManager:
         self.on_published = on_published
         self.on_finished = on_finished
         self.fsync = fsync
+        self.resolve_auto = resolve_auto
         self.tasks: dict[str, DownloadTask] = {}
         self._heap: list[tuple[int, int, DownloadTask]] = []
         self._running: set[DownloadTask] = set()
@@ -161,7 +163,7 @@ class DownloadManager:
         """Encola una descarga; lanza ``ValueError`` si ya hay una viva con ese id."""
         if correlation_id in self.tasks:
             raise ValueError(f"a download with id {correlation_id!r} is already queued or running")
-        if downloader not in self.downloaders:
+        if downloader not in self.downloaders and downloader != "auto":
             raise ValueError(f"unknown downloader {downloader!r}; known: {', '.join(self.downloaders)}")
         lifecycle = DownloadLifecycle(correlation_id, options, base_temp_dir=self.temp_root)
         task = DownloadTask(
@@ -388,6 +390,8 @@ class DownloadManager:
     async def _attempts(
         self, task: DownloadTask, options: DownloadOptions, progress: Callable[[int, int | None], None] | None
     ) -> DownloadResult:
+        if task.downloader == "auto":  # se decide al arrancar: la cola no paga la consulta
+            task.downloader = await self.resolve_auto(options.url) if self.resolve_auto else "http"
         downloader = self.downloaders[task.downloader]
         while True:
             try:
