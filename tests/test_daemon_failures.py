@@ -8,19 +8,16 @@ fallo de un trabajo no debe afectar a los demás. Las pruebas que necesitan otra
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import http.server
 import os
 import shutil
 import socket
-import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 import yaml
 
@@ -359,137 +356,5 @@ def test_output_root_replaced_by_a_file_fails_as_storage(tmp_path: Path, server:
         assert (proc.output / "root-storage.bin").read_bytes() == data
     assert proc.proc is not None and proc.proc.returncode == 0
 
-
-# --- discos llenos (tmpfs pequeños montados por la prueba; hace falta poder montar) -------------------
-@pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Iterator[Callable[[Path, str], Path]]:
-    """Monta tmpfs pequeños donde se pida; se desmontan al terminar. Sin permiso: skip."""
-    mounted: list[Path] = []
-
-    def mount(where: Path, size: str) -> Path:
-        where.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},nr_inodes=256,mode=0755", "tmpfs",
-                               str(where)],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-        mounted.append(where)
-        return where
-
-    try:
-        yield mount
-    finally:
-        for where in reversed(mounted):
-            subprocess.run(["umount", "-l", str(where)], capture_output=True)
-
-
-def fill(directory: Path) -> Path:
-    """Llena el sistema de archivos de ``directory`` con un archivo de relleno hasta ENOSPC."""
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        block = b"\0" * 4096
-        while True:
-            os.write(fd, block)
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC, exc
-    finally:
-        os.close(fd)
-    return filler
-
-
-def test_full_temp_disk_fails_the_job_as_storage(tmp_path: Path, server: TestServer,
-                                                 small_tmpfs: Callable[[Path, str], Path]) -> None:
-    small_tmpfs(tmp_path / "tmp", "1m")
-    big = os.urandom(3 * MiB)
-    small = os.urandom(100_000)
-    big_url = server.add("/enospc-big.bin", Behavior(data=big))
-    small_url = server.add("/enospc-small.bin", Behavior(data=small))
-    with DaemonProcess(tmp_path) as proc:
-        proc.drop_job({"id": "enospc", "url": big_url, "retries": 2})
-        folder, record = proc.wait_record("enospc")
-        assert folder == "failed", record
-        assert record["error"]["kind"] == "storage" and record["error"]["errno"] == errno.ENOSPC
-        assert record["attempts"] == 1  # disco lleno: permanente, no se reintenta
-        assert_temp_dir_gone(proc, "enospc")
-        # Se liberó el espacio al borrar el directorio: el daemon sigue sirviendo.
-        proc.drop_job({"id": "after-enospc", "url": small_url})
-        folder, record = proc.wait_record("after-enospc")
-        assert folder == "done", record
-        assert (proc.output / "enospc-small.bin").read_bytes() == small
-    assert proc.proc is not None and proc.proc.returncode == 0
-
-
-def parseable_events(path: Path) -> tuple[list[dict[str, Any]], list[bytes]]:
-    """Eventos que se pueden leer y líneas rotas, por separado."""
-    good: list[dict[str, Any]] = []
-    broken: list[bytes] = []
-    for line in path.read_bytes().splitlines():
-        try:
-            good.append(orjson.loads(line))
-        except orjson.JSONDecodeError:
-            broken.append(line)
-    return good, broken
-
-
-def test_full_event_log_disk_keeps_downloading_and_says_so(tmp_path: Path, server: TestServer,
-                                                           small_tmpfs: Callable[[Path, str], Path]) -> None:
-    """El disco del registro se llena con el daemon en marcha (a mitad de un evento: la cola de la
-    última página del archivo aún admite bytes); las descargas siguen, stderr lo dice, y cuando
-    vuelve a haber sitio los eventos se escriben otra vez sin ninguna línea rota."""
-    log_dir = small_tmpfs(tmp_path / "log", "256k")
-    data = {f"logfull-{n}": os.urandom(20_000 + n) for n in range(4)}
-    for job_id, payload in data.items():
-        server.add(f"/{job_id}.bin", Behavior(data=payload))
-    with DaemonProcess(tmp_path) as proc:
-        filler = fill(log_dir)
-        for job_id, payload in data.items():
-            proc.drop_job({"id": job_id, "url": server.url(f"/{job_id}.bin"), "downloader": "http"})
-            folder, record = proc.wait_record(job_id)
-            assert folder == "done", record
-            assert record["sha256"] == sha(payload)
-        # Todo stderr (stderr_text() sólo da el final, y cada evento sale también por stderr).
-        wait_until(lambda: "cannot write event log" in proc.stderr_path.read_text(errors="replace"), 10,
-                   what="a warning on stderr")
-        assert "downloads continue" in proc.stderr_path.read_text(errors="replace")
-        assert not proc.events("logfull-3", "job.succeeded"), "the log was not full: nothing was proven"
-        # Con espacio otra vez, los eventos vuelven a escribirse.
-        filler.unlink()
-        proc.drop_job({"id": "logback", "url": server.url("/logfull-0.bin"), "filename": "back.bin"})
-        assert proc.wait_record("logback")[0] == "done"
-        wait_until(lambda: any(e.get("correlation_id") == "logback" and e["event"] == "job.succeeded"
-                               for e in parseable_events(proc.event_log)[0]), 10, what="events written again")
-    assert proc.proc is not None and proc.proc.returncode == 0
-    _good, broken = parseable_events(proc.event_log)
-    assert broken == [], f"{len(broken)} unparseable line(s), e.g. {broken[0][:120]!r}"
-    assert proc.event_log.read_bytes().endswith(b"\n")
-
-
-def test_temp_disk_already_full_fails_the_job_as_storage(tmp_path: Path, server: TestServer,
-                                                         small_tmpfs: Callable[[Path, str], Path]) -> None:
-    """Sin sitio ni para crear el directorio aislado: el trabajo falla con motivo, el daemon sigue."""
-    temp_root = small_tmpfs(tmp_path / "tmp", "64k")
-    data = os.urandom(10_000)
-    url = server.add(f"/{tmp_path.name}/full.bin", Behavior(data=data))
-    with DaemonProcess(tmp_path) as proc:
-        filler = fill(temp_root)
-        # Llenar también los inodos (nr_inodes=256): sin ellos, mkdir todavía podría funcionar.
-        n = 0
-        try:
-            while True:
-                (temp_root / f"inode-{n}").touch()
-                n += 1
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC, exc
-        proc.drop_job({"id": "nospace", "url": url})
-        folder, record = proc.wait_record("nospace")
-        assert folder == "failed", record
-        assert record["error"]["kind"] == "storage", record["error"]
-        assert "job.failed" in names(proc, "nospace")
-        assert "videonote_dl_nospace" not in proc.temp_dirs()
-        filler.unlink()
-        for leftover in temp_root.glob("inode-*"):
-            leftover.unlink()
-        proc.drop_job({"id": "space-again", "url": url})
-        assert proc.wait_record("space-again")[0] == "done"
-    assert proc.proc is not None and proc.proc.returncode == 0
+# Los discos llenos (temporales, registro de eventos) y los fallos de E/S inyectados están en
+# tests/reliability/test_io_faults.py.
