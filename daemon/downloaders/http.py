@@ -54,7 +54,7 @@ __all__ = ["HttpDownloader", "filename_from_response", "sanitize_filename"]
 
 PART_NAME = "download.part"
 META_NAME = "download.meta.json"
-_BATCH = 512 * 1024
+WRITE_BATCH = 512 * 1024
 _NO_RESUME_BELOW = 64 * 1024
 _IN_FLIGHT = 2  # lotes escribiéndose mientras se lee el siguiente
 _REDIRECTS = (301, 302, 303, 307, 308)
@@ -116,7 +116,7 @@ class _Sink:
         if offset:
             with open(path, "rb") as existing:
                 while self.size < offset:
-                    block = existing.read(min(_BATCH * 4, offset - self.size))
+                    block = existing.read(min(WRITE_BATCH * 4, offset - self.size))
                     if not block:
                         break
                     self.hasher.update(block)
@@ -302,7 +302,7 @@ class HttpDownloader:
             "last_modified": response.headers.get("Last-Modified"),
             "filename": filename,
         }
-        small = total is not None and total <= _BATCH
+        small = total is not None and total <= WRITE_BATCH
         if total is None or total > _NO_RESUME_BELOW:  # reanudar 64 KiB no compensa escribir validadores
             meta_path.write_bytes(orjson.dumps(meta))
         loop = asyncio.get_running_loop()
@@ -361,7 +361,7 @@ class HttpDownloader:
                     )
                 buffer.append(chunk)
                 buffered += len(chunk)
-                if buffered >= _BATCH:
+                if buffered >= WRITE_BATCH:
                     if len(pending) >= _IN_FLIGHT:
                         await pending.popleft()
                     pending.append(loop.run_in_executor(writer, sink.write, buffer))

@@ -37,11 +37,13 @@ import pytest
 
 from daemon.config import load_settings
 from daemon.downloaders.http import PART_NAME
+from daemon.downloaders.http import WRITE_BATCH as HTTP_WRITE_BATCH
 from daemon.verify import verify_spool
 from tests.support.daemon_proc import DaemonProcess, wait_until
 from tests.support.http_server import Behavior, TestServer
 
 MIB = 1024 * 1024
+BATCH = HTTP_WRITE_BATCH  # la descarga escribe por lotes de este tamaño
 FIU_PRELOAD = Path("/usr/lib/fiu/fiu_posix_preload.so")
 
 
@@ -354,7 +356,7 @@ def test_write_fault_after_n_mib(tmp_path: Path, test_server: TestServer, code: 
             # La descarga escribe por lotes de al menos 1 MiB: cuando el disco tiene todo lo recibido
             # salvo menos de un lote, ya no habrá más escrituras hasta que el servidor siga, y la
             # siguiente escritura del proceso es la del próximo lote.
-            wait_until(lambda: _part_size(daemon, "nth") > after - MIB, 30, what="the held body on disk")
+            wait_until(lambda: _part_size(daemon, "nth") > after - BATCH, 30, what="the held body on disk")
             written_before = _part_size(daemon, "nth")
             _after_a_status_write(daemon)
             # La descarga escribe con writev (los trozos tal como llegan).
@@ -363,7 +365,7 @@ def test_write_fault_after_n_mib(tmp_path: Path, test_server: TestServer, code: 
             record = _assert_storage_failure(daemon, "nth", code)
             assert record["attempts"] == 1, "a storage error is permanent: no retry"
             assert daemon.events(name="daemon.error") == [], "the fault hit another write, not the download"
-            assert written_before >= MIB
+            assert written_before >= BATCH
             assert _output_files(daemon) == []
             assert not (daemon.temp_root / "videonote_dl_nth").exists()
             # El daemon sigue: otro trabajo, con la misma biblioteca de fallos cargada, sale bien.
@@ -389,7 +391,7 @@ def test_fsync_eio_before_publishing(tmp_path: Path, test_server: TestServer) ->
     try:
         with daemon:
             daemon.drop_job({"url": url, "id": "fsync"})
-            wait_until(lambda: _part_size(daemon, "fsync") >= MIB, 30, what="1 MiB on disk")
+            wait_until(lambda: _part_size(daemon, "fsync") > MIB + 4096 - BATCH, 30, what="the held body on disk")
             # Nada más hace fsync hasta que termine la descarga: el primero es el del archivo.
             daemon.fiu_ctrl(f"enable name=posix/io/sync/fsync,failinfo={errno.EIO},onetime")
             hold.set()

@@ -26,6 +26,7 @@ def test_an_exception_in_the_wake_callback_does_not_kill_dispatch(tmp_path: Path
             calls.append(label)
             if len(calls) == 1:
                 raise RuntimeError("boom from the handler")
+        watcher.acknowledge(label)  # como el daemon: atendido, el próximo evento vuelve a avisar
 
     watcher = SpoolWatcher({"incoming": folder}, wake)
     watcher.start()
