@@ -34,7 +34,9 @@ __all__ = [
 ]
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
-_CREDENTIALS_IN_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s:]*(?::[^/@\s]*)?@")
+# La parte de usuario llega hasta la ÚLTIMA @ antes de la ruta (como la leen urllib y los navegadores),
+# así una contraseña con una @ sin codificar tampoco se filtra.
+_CREDENTIALS_IN_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@")
 _SECRET_KEYS = frozenset({"authorization", "cookie", "proxy-authorization", "password", "headers"})
 _threshold = _LEVELS["info"]
 

@@ -269,6 +269,14 @@ class DownloadLifecycle:
         return self.isolated.cleanup()
 
     # --- transiciones --------------------------------------------------------------------
+    def _close_isolated(self, remove: bool) -> None:
+        """Borra el directorio aislado o, si se pidió conservarlo, lo suelta (``tempdir.kept``)."""
+        if remove:
+            self.isolated.cleanup()
+        else:
+            self.isolated.keep()
+            self.isolated.release()
+
     def _finish_succeeded(self, result: DownloadResult) -> None:
         self.record.state = LifecycleState.SUCCEEDED
         self.record.finished_at = time.time()
@@ -278,7 +286,7 @@ class DownloadLifecycle:
             duration_s=round(self.record.finished_at - (self.record.started_at or self.record.created_at), 3),
         )
         crash_point("mid_cleanup")
-        self.isolated.cleanup() if self.cleanup_on_success else self.isolated.release()
+        self._close_isolated(self.cleanup_on_success)
 
     def _finish_failed(self, exc: BaseException) -> None:
         self.record.state = LifecycleState.FAILED
@@ -290,7 +298,7 @@ class DownloadLifecycle:
                                  "transient": False}
         _log.error("job.failed", correlation_id=self.correlation_id, attempt=self.record.attempt,
                    error=self.record.error)
-        self.isolated.cleanup() if self.cleanup_on_failure else self.isolated.release()
+        self._close_isolated(self.cleanup_on_failure)
 
     def _finish_cancelled(self) -> None:
         self.record.state = LifecycleState.CANCELLED
