@@ -116,7 +116,7 @@ class SystemdNotifier:
         text = _one_line(text)
         if text == self._last_status:
             return
-        if self._send([f"STATUS={text}"]):
+        if self._send([f"STATUS={text}"], wait=False):
             self._last_status = text
 
     def reloading(self) -> None:
@@ -140,7 +140,7 @@ class SystemdNotifier:
         """``WATCHDOG=1``: el bucle de eventos sigue vivo. Debe llamarse desde ese mismo bucle."""
         if not self.enabled:
             return
-        self._send(["WATCHDOG=1"])
+        self._send(["WATCHDOG=1"], wait=False)
 
     def extend_timeout(self, seconds: float) -> None:
         """``EXTEND_TIMEOUT_USEC=``: pide más plazo para arrancar o pararse (opcional)."""
@@ -157,8 +157,12 @@ class SystemdNotifier:
 
     # -- transporte ---------------------------------------------------------------------------
 
-    def _send(self, lines: list[str]) -> bool:
-        """Envía un datagrama; ``True`` si salió. Los errores se cuentan y se tragan."""
+    def _send(self, lines: list[str], wait: bool = True) -> bool:
+        """Envía un datagrama; ``True`` si salió. Los errores se cuentan y se tragan.
+
+        Con ``wait=False`` (STATUS, WATCHDOG: se repiten solos) un receptor que no lee no frena
+        el bucle ni un instante: el mensaje se pierde. READY, RELOADING y STOPPING esperan hasta
+        ``_SEND_TIMEOUT``."""
         address = self.address
         if address is None:
             return False
@@ -169,7 +173,7 @@ class SystemdNotifier:
                     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
                     sock.settimeout(_SEND_TIMEOUT)
                     self._sock = sock
-                self._sock.sendto(data, address)
+                self._sock.sendto(data, 0 if wait else socket.MSG_DONTWAIT, address)
                 return True
             except OSError:
                 # systemd reiniciado, socket borrado, cola llena...: el daemon sigue igual.
