@@ -25,7 +25,14 @@ import orjson
 
 from daemon.downloaders.base import PermanentDownloadError, StorageError
 
-__all__ = ["PUBLISH_MARKER", "PublishedFile", "open_output_dir", "publish_file", "recover_publication"]
+__all__ = [
+    "PUBLISH_MARKER",
+    "PublishedFile",
+    "find_linked_publication",
+    "open_output_dir",
+    "publish_file",
+    "recover_publication",
+]
 
 PUBLISH_MARKER = ".publish.json"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -103,9 +110,9 @@ def publish_file(
         source_name = str(src)
         source_dir_fd = None
         st = os.stat(src)
-        if marker is not None:
-            _write_marker(marker, {"dir": str(dir_path), "filename": filename, "src": str(src), "ino": st.st_ino,
-                                   "size": st.st_size})
+        # En el mismo sistema de archivos no hace falta marcador: el archivo publicado comparte el
+        # inodo con ``src`` (st_nlink > 1), que sigue en el directorio aislado hasta después del
+        # registro terminal; ``find_linked_publication`` lo encuentra tras una caída.
         for candidate in _candidates(filename):
             try:
                 if staged is None:
@@ -116,6 +123,9 @@ def publish_file(
                 continue
             except OSError as exc:
                 if exc.errno == errno.EXDEV and staged is None:
+                    if marker is not None:  # otro sistema: la copia tendrá otro inodo, hay que anotarlo
+                        _write_marker(marker, {"dir": str(dir_path), "filename": filename, "src": str(src),
+                                               "ino": st.st_ino, "size": st.st_size})
                     staged = _stage_copy(src, dir_fd, st.st_ino, fsync)
                     try:
                         os.link(staged, candidate, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -168,6 +178,28 @@ def _stage_copy(src: Path, dir_fd: int, ino: int, fsync: bool) -> str:
     finally:
         os.close(fd)
     return staged
+
+
+def find_linked_publication(temp_dir: Path, output_dir: Path) -> Path | None:
+    """Tras una caída: el nombre público de un archivo del directorio aislado ya enlazado (mismo inodo)."""
+    try:
+        entries = list(os.scandir(temp_dir))
+    except OSError:
+        return None
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+            continue
+        st = entry.stat(follow_symlinks=False)
+        if st.st_nlink < 2:
+            continue
+        for candidate in _candidates(entry.name, limit=100):
+            try:
+                other = os.stat(output_dir / candidate, follow_symlinks=False)
+            except OSError:
+                continue
+            if (other.st_ino, other.st_dev) == (st.st_ino, st.st_dev):
+                return output_dir / candidate
+    return None
 
 
 def recover_publication(marker: Path, src: Path | None) -> Path | None:

@@ -33,7 +33,7 @@ from daemon.downloaders.base import (
 from daemon.downloaders.download_lifecycle import DownloadLifecycle, LifecycleState, safe_filename_in
 from daemon.events import bind_correlation_id, get_logger
 from daemon.faultpoints import crash_point
-from daemon.publish import PUBLISH_MARKER, publish_file, recover_publication
+from daemon.publish import PUBLISH_MARKER, find_linked_publication, publish_file, recover_publication
 
 __all__ = ["DownloadManager", "DownloadTask", "RetryPolicy"]
 
@@ -342,10 +342,11 @@ class DownloadManager:
             temp_dir = options.output_path
             assert temp_dir is not None
             marker = temp_dir / PUBLISH_MARKER
-            if marker.exists():
-                published = recover_publication(marker, None)
-                if published is not None:
-                    return self._finish_recovered(task, published)
+            output_dir = self.output_root / task.output_subdir if task.output_subdir else self.output_root
+            published = (recover_publication(marker, None) if marker.exists()
+                         else find_linked_publication(temp_dir, output_dir))
+            if published is not None:
+                return self._finish_recovered(task, published)
             result = await self._attempts(task, options, progress)
             if options.sha256 and result.sha256 != options.sha256:
                 result.path.unlink(missing_ok=True)
