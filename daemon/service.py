@@ -14,8 +14,11 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from daemon import __version__
 from daemon.config import ConfigError, Settings, load_settings, restart_required_changes, settings_diff
@@ -25,6 +28,7 @@ from daemon.downloaders.download_manager import DownloadManager, DownloadTask, R
 from daemon.downloaders.http import HttpDownloader
 from daemon.events import get_logger, reopen_event_log, set_log_level
 from daemon.faultpoints import crash_point
+from daemon.ids import new_correlation_id
 from daemon.jobs import JobLimits, JobRejected, JobSpec, parse_job
 from daemon.reaper import reap_temp_root
 from daemon.spool import Spool
@@ -206,8 +210,6 @@ class Daemon:
 
     @staticmethod
     def _record_matches(record: Path, job: JobSpec) -> bool:
-        import orjson
-
         try:
             return orjson.loads(record.read_bytes()).get("job_file_sha256") == job.file_sha256
         except (OSError, orjson.JSONDecodeError):
@@ -279,7 +281,7 @@ class Daemon:
         received = time.time()
         _log.info("job.received", correlation_id=job.id, file=name, url=job.url, downloader=job.downloader,
                   id_source=job.id_source)
-        if job.id in self.spool.cancel_requests():
+        if self.spool.cancel_requested(job.id):
             self._finish_without_running(job, name, received, "cancelled", "cancelled before it started")
             self.spool.consume_cancel(job.id)
             return
@@ -303,8 +305,6 @@ class Daemon:
         self._status_dirty.set()
 
     def _resolve_id_conflicts(self, job: JobSpec) -> JobSpec:
-        from dataclasses import replace
-
         assert self.manager is not None
         live = job.id in self.manager.tasks or job.id in self._jobs
         finished = self.spool.terminal_record(job.id)
@@ -316,8 +316,6 @@ class Daemon:
                                   "or choose another id", job.id)
             raise JobRejected(f"id {job.id!r} already finished (see {finished}); submit with a new id "
                               f"or run `videonote-dl retry {job.id}`", job.id)
-        from daemon.ids import new_correlation_id
-
         return replace(job, id=f"{job.id[:40]}-{new_correlation_id()[:12]}", id_source="generated")
 
     async def _warm_extractor_index(self) -> None:
@@ -556,8 +554,6 @@ class Daemon:
         changed = settings_diff(self.settings, new)
         restart = restart_required_changes(self.settings, new)
         live = {k for k in changed if k not in restart}
-        from dataclasses import replace
-
         kept = {key: getattr(self.settings, key) for key in
                 ("spool_dir", "temp_dir", "output_dir", "event_log", "status_file")}
         self.settings = replace(new, **kept)

@@ -188,6 +188,10 @@ class Spool:
             return []
         return [n for n in names if CORRELATION_ID_PATTERN.fullmatch(n)]
 
+    def cancel_requested(self, job_id: str) -> bool:
+        """Si hay un ``cancel/<id>`` (un stat, no un listado: se consulta por cada trabajo)."""
+        return os.path.lexists(self.cancel / job_id)
+
     def cancel_age(self, job_id: str) -> float:
         try:
             return time.time() - os.stat(self.cancel / job_id, follow_symlinks=False).st_mtime

@@ -139,6 +139,17 @@ def test_schemes_and_log_level_are_normalised(tmp_path: Path) -> None:
 
 
 # --- errores -------------------------------------------------------------------------------
+def _assert_refused(tmp_path: Path, text: str, key: str, allowed: str) -> None:
+    """El config se rechaza con un mensaje que nombra el archivo, la clave y lo admitido."""
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert f"'{key}'" in message
+    assert allowed in message
+
+
 @pytest.mark.parametrize(
     ("text", "key", "allowed"),
     [
@@ -153,13 +164,7 @@ def test_schemes_and_log_level_are_normalised(tmp_path: Path) -> None:
 def test_unknown_keys_are_refused_naming_key_file_and_allowed(
     tmp_path: Path, text: str, key: str, allowed: str
 ) -> None:
-    path = _write(tmp_path, text)
-    with pytest.raises(ConfigError) as info:
-        load_settings(path)
-    message = str(info.value)
-    assert str(path) in message
-    assert f"'{key}'" in message
-    assert allowed in message
+    _assert_refused(tmp_path, text, key, allowed)
 
 
 @pytest.mark.parametrize(
@@ -191,13 +196,7 @@ def test_unknown_keys_are_refused_naming_key_file_and_allowed(
 def test_bad_values_are_refused_naming_key_file_and_allowed(
     tmp_path: Path, text: str, key: str, allowed: str
 ) -> None:
-    path = _write(tmp_path, text)
-    with pytest.raises(ConfigError) as info:
-        load_settings(path)
-    message = str(info.value)
-    assert str(path) in message
-    assert f"'{key}'" in message
-    assert allowed in message
+    _assert_refused(tmp_path, text, key, allowed)
 
 
 @pytest.mark.parametrize(

@@ -45,7 +45,7 @@ def range_offsets(server: TestServer, path: str) -> list[int | None]:
     return offsets
 
 
-def check_spool_invariants(daemon: DaemonProcess, expected: dict[str, bytes], use_verifier: bool = True) -> None:
+def check_spool_invariants(daemon: DaemonProcess, expected: dict[str, bytes]) -> None:
     """Tras parar el daemon: cada trabajo tiene exactamente un registro terminal y, si terminó bien,
     su archivo publicado completo (sha256 del servidor); nada queda en active/ ni incoming/; ningún
     archivo de salida está a medias ni duplicado; ningún ``videonote_dl_*`` queda; cada línea del
@@ -81,8 +81,6 @@ def check_spool_invariants(daemon: DaemonProcess, expected: dict[str, bytes], us
         after = trail[trail.index("job.succeeded"):]
         assert "job.started" not in after and "job.received" not in after, (job_id, trail)
     # Y el verificador del proyecto (``videonote-dl verify``) tiene que estar de acuerdo.
-    if not use_verifier:
-        return
     from daemon.config import load_settings
     from daemon.verify import verify_spool
 

@@ -138,7 +138,6 @@ class DownloadManager:
         self._seq = itertools.count()
         self._idle = asyncio.Event()
         self._idle.set()
-        self.peak_running = 0
 
     # --- API pública ----------------------------------------------------------------------
     @property
@@ -260,7 +259,6 @@ class DownloadManager:
         while self._heap and len(self._running) < self.max_concurrent:
             _, _, task = heapq.heappop(self._heap)
             self._running.add(task)
-            self.peak_running = max(self.peak_running, len(self._running))
             task.state = "running"
             task.started_at = time.time()
             task.task = asyncio.get_running_loop().create_task(self._run(task), name=f"download-{task.correlation_id}")
@@ -384,7 +382,6 @@ class DownloadManager:
         _log.info("job.published", correlation_id=task.correlation_id, path=str(published), recovered=True,
                   size=size, sha256=result.sha256)
         if self.on_published is not None:
-            task.result = result
             self.on_published(task)
         return result
 
