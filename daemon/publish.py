@@ -3,20 +3,31 @@
 - Nunca visible a medias: el archivo ya completo (y con fsync) recibe su nombre final con
   ``link()``, que es atómico y falla si el nombre existe: nada se sobrescribe jamás; si el
   nombre está tomado, se usa ``nombre-1.ext``, ``nombre-2.ext``...
-- Entre sistemas de archivos (EXDEV) se copia a un nombre oculto en el destino, fsync, y se
-  enlaza igual.
+- Entre sistemas de archivos (EXDEV) se copia primero a la carpeta de preparación
+  ``<salida>/.videonote-dl-staging/`` (0700) con un nombre imposible de adivinar, creado con
+  ``O_CREAT|O_EXCL|O_NOFOLLOW`` y bloqueado con ``flock`` mientras se copia; luego se enlaza igual.
+  Un enlace plantado por otro usuario nunca se sigue ni se pisa.
+- Cualquier fallo (disco lleno, E/S) deja la salida como estaba: la copia preparada se borra y
+  un nombre público ya creado se retira antes de informar. Una copia que quedó atrás porque el
+  proceso murió (kill -9, corte de luz) la retira ``sweep_staging`` (al arrancar y el recolector),
+  sólo si nadie tiene su cerrojo.
 - Las carpetas de ``output_dir`` se crean y abren componente a componente con O_NOFOLLOW:
   un enlace simbólico plantado no saca un archivo fuera de la raíz de salida.
-- Un marcador ``.publish.json`` en el directorio aislado hace idempotente la publicación
-  si el daemon muere a mitad: al reanudar, ``recover_publication`` encuentra lo publicado.
+- Recuperación tras una caída: en el mismo sistema de archivos el nombre público comparte el
+  inodo con el archivo del directorio aislado (``find_linked_publication``); entre sistemas,
+  el marcador ``.publish.json`` del directorio aislado anota la copia preparada y, después, la
+  ruta publicada (``recover_publication``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
+import secrets
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +38,20 @@ from daemon.downloaders.base import PermanentDownloadError, StorageError
 
 __all__ = [
     "PUBLISH_MARKER",
+    "STAGING_DIR",
     "PublishedFile",
     "find_linked_publication",
     "open_output_dir",
     "publish_file",
     "recover_publication",
+    "sweep_staging",
+    "unpublish",
 ]
 
 PUBLISH_MARKER = ".publish.json"
+STAGING_DIR = ".videonote-dl-staging"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_STAGED_SUFFIX = ".partial"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +105,12 @@ def _write_marker(marker: Path, data: dict[str, object]) -> None:
     os.replace(tmp, marker)
 
 
+def _storage_error(exc: OSError, dir_path: Path) -> StorageError:
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StorageError(f"cannot publish into {dir_path}: {exc.strerror}; make it writable", errno=exc.errno)
+    return StorageError(f"cannot publish into {dir_path}: {exc.strerror}", errno=exc.errno)
+
+
 def publish_file(
     src: Path,
     output_root: Path,
@@ -97,7 +119,10 @@ def publish_file(
     marker: Path | None = None,
     fsync: bool = True,
 ) -> PublishedFile:
-    """Publica ``src`` como ``output_root/subdir/filename`` (o un nombre numerado libre)."""
+    """Publica ``src`` como ``output_root/subdir/filename`` (o un nombre numerado libre).
+
+    Lanza ``StorageError`` (con ``errno``) si no se pudo; entonces la salida queda como estaba.
+    """
     try:
         dir_fd, dir_path = open_output_dir(output_root, subdir)
     except PermanentDownloadError:
@@ -105,79 +130,134 @@ def publish_file(
     except OSError as exc:
         raise StorageError(f"cannot create output folder under {output_root}: {exc.strerror}",
                            errno=exc.errno) from None
-    staged: str | None = None
     try:
-        source_name = str(src)
-        source_dir_fd = None
-        st = os.stat(src)
-        # En el mismo sistema de archivos no hace falta marcador: el archivo publicado comparte el
-        # inodo con ``src`` (st_nlink > 1), que sigue en el directorio aislado hasta después del
-        # registro terminal; ``find_linked_publication`` lo encuentra tras una caída.
-        for candidate in _candidates(filename):
-            try:
-                if staged is None:
-                    os.link(source_name, candidate, src_dir_fd=source_dir_fd, dst_dir_fd=dir_fd)
-                else:
-                    os.link(staged, candidate, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            except FileExistsError:
-                continue
-            except OSError as exc:
-                if exc.errno == errno.EXDEV and staged is None:
-                    if marker is not None:  # otro sistema: la copia tendrá otro inodo, hay que anotarlo
-                        _write_marker(marker, {"dir": str(dir_path), "filename": filename, "src": str(src),
-                                               "ino": st.st_ino, "size": st.st_size})
-                    staged = _stage_copy(src, dir_fd, st.st_ino, fsync)
-                    try:
-                        os.link(staged, candidate, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-                    except FileExistsError:
-                        continue
-                else:
-                    raise
-            published = dir_path / candidate
-            if marker is not None and staged is not None:
-                # Copia entre sistemas de archivos: otro inodo, así que el marcador anota la ruta.
-                # En el mismo sistema basta el inodo compartido con ``src``, que sigue en el
-                # directorio aislado hasta que éste se borra (después del registro terminal).
-                _write_marker(marker, {"dir": str(dir_path), "filename": filename, "src": str(src),
-                                       "path": str(published), "size": st.st_size})
-            if fsync:
-                try:
-                    os.fsync(dir_fd)
-                except OSError:
-                    # Sin fsync no hay garantía: retirar el nombre público antes de informar del fallo.
-                    with contextlib.suppress(OSError):
-                        os.unlink(candidate, dir_fd=dir_fd)
-                    raise
-            if staged is not None:
-                os.unlink(staged, dir_fd=dir_fd)
-                staged = None
-            return PublishedFile(published, renamed=candidate != filename)
-        raise PermanentDownloadError(f"no free name for {filename!r} in {dir_path}; clean up the output folder")
+        try:
+            # Mismo sistema de archivos: el nombre público comparte inodo con ``src``, que sigue en
+            # el directorio aislado hasta después del registro terminal (así se reconoce tras una caída).
+            return _link_and_sync(str(src), None, dir_fd, dir_path, filename, fsync)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+        return _publish_copy(src, output_root, dir_fd, dir_path, filename, marker, fsync)
     except OSError as exc:
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise StorageError(f"cannot publish into {dir_path}: {exc.strerror}; make it writable",
-                               errno=exc.errno) from None
-        raise StorageError(f"cannot publish into {dir_path}: {exc.strerror}", errno=exc.errno) from None
+        raise _storage_error(exc, dir_path) from None
     finally:
-        if staged is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(staged, dir_fd=dir_fd)
         os.close(dir_fd)
 
 
-def _stage_copy(src: Path, dir_fd: int, ino: int, fsync: bool) -> str:
-    """Copia a un nombre oculto dentro del destino (otro sistema de archivos) y hace fsync."""
-    staged = f".videonote-dl-{ino}.partial"
-    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+def _link_and_sync(source: str, source_dir_fd: int | None, dir_fd: int, dir_path: Path, filename: str,
+                   fsync: bool) -> PublishedFile:
+    """Enlaza ``source`` con el primer nombre libre y hace fsync de la carpeta (o lo retira)."""
+    for candidate in _candidates(filename):
+        try:
+            os.link(source, candidate, src_dir_fd=source_dir_fd, dst_dir_fd=dir_fd)
+        except FileExistsError:
+            continue
+        if fsync:
+            try:
+                os.fsync(dir_fd)
+            except OSError:
+                # Sin fsync no hay garantía: retirar el nombre público antes de informar del fallo.
+                with contextlib.suppress(OSError):
+                    os.unlink(candidate, dir_fd=dir_fd)
+                raise
+        return PublishedFile(dir_path / candidate, renamed=candidate != filename)
+    raise PermanentDownloadError(f"no free name for {filename!r} in {dir_path}; clean up the output folder")
+
+
+def _open_staging(output_root: Path) -> int:
+    """Abre (creándola, 0700) la carpeta de preparación de la raíz de salida, sin seguir enlaces."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(output_root / STAGING_DIR, 0o700)
     try:
+        return os.open(output_root / STAGING_DIR, _DIR_FLAGS)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise StorageError(f"{output_root / STAGING_DIR} is not a real folder (symlink or file); remove it",
+                               errno=exc.errno) from None
+        raise
+
+
+def _publish_copy(src: Path, output_root: Path, dir_fd: int, dir_path: Path, filename: str,
+                  marker: Path | None, fsync: bool) -> PublishedFile:
+    """Otro sistema de archivos: copia preparada (O_EXCL, nombre aleatorio, flock), fsync y link()."""
+    staging_fd = _open_staging(output_root)
+    staged = f"{secrets.token_hex(12)}{_STAGED_SUFFIX}"
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                 dir_fd=staging_fd)
+    linked: str | None = None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # sweep_staging nunca borra una copia en curso
+        size = os.stat(src).st_size
+        if marker is not None:
+            _write_marker(marker, {"dir": str(dir_path), "filename": filename, "src": str(src),
+                                   "staged": str(output_root / STAGING_DIR / staged), "size": size})
         with open(src, "rb") as source, os.fdopen(fd, "wb", closefd=False) as target:
             shutil.copyfileobj(source, target, 1024 * 1024)
-            target.flush()
-            if fsync:
-                os.fsync(fd)
+        if fsync:
+            os.fsync(fd)
+        published = _link_and_sync(staged, staging_fd, dir_fd, dir_path, filename, fsync)
+        linked = published.path.name
+        if marker is not None:
+            _write_marker(marker, {"dir": str(dir_path), "filename": filename, "src": str(src),
+                                   "path": str(published.path), "size": size})
+        return published
+    except BaseException:
+        if linked is not None:  # el marcador no llegó a decirlo: no dejar un nombre público huérfano
+            unpublish(dir_path / linked, fsync)
+        raise
     finally:
+        with contextlib.suppress(OSError):
+            os.unlink(staged, dir_fd=staging_fd)
         os.close(fd)
-    return staged
+        os.close(staging_fd)
+
+
+def unpublish(path: Path, fsync: bool = True) -> None:
+    """Retira un nombre público (el registro terminal no se pudo escribir). Nunca lanza."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+        if fsync:
+            dir_fd = os.open(path.parent, _DIR_FLAGS)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+
+def sweep_staging(output_root: Path, max_age: float = 0.0) -> int:
+    """Borra copias preparadas abandonadas (más viejas que ``max_age`` y sin cerrojo); devuelve cuántas."""
+    try:
+        staging_fd = os.open(output_root / STAGING_DIR, _DIR_FLAGS)
+    except OSError:
+        return 0
+    removed = 0
+    now = time.time()
+    try:
+        for name in os.listdir(staging_fd):
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=staging_fd)
+            except OSError:
+                # Un enlace simbólico u otra cosa que no se abre: se retira sin seguirla.
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=staging_fd)
+                    removed += 1
+                continue
+            try:
+                if now - os.fstat(fd).st_mtime < max_age:
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # un publicador vivo la está copiando
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=staging_fd)
+                    removed += 1
+            finally:
+                os.close(fd)
+    finally:
+        os.close(staging_fd)
+    return removed
 
 
 def find_linked_publication(temp_dir: Path, output_dir: Path) -> Path | None:
@@ -192,21 +272,29 @@ def find_linked_publication(temp_dir: Path, output_dir: Path) -> Path | None:
         st = entry.stat(follow_symlinks=False)
         if st.st_nlink < 2:
             continue
-        for candidate in _candidates(entry.name, limit=100):
-            try:
-                other = os.stat(output_dir / candidate, follow_symlinks=False)
-            except OSError:
-                continue
-            if (other.st_ino, other.st_dev) == (st.st_ino, st.st_dev):
-                return output_dir / candidate
+        found = _find_inode(output_dir, entry.name, st)
+        if found is not None:
+            return found
+    return None
+
+
+def _find_inode(directory: Path, filename: str, st: os.stat_result) -> Path | None:
+    for candidate in _candidates(filename, limit=100):
+        try:
+            other = os.stat(directory / candidate, follow_symlinks=False)
+        except OSError:
+            continue
+        if (other.st_ino, other.st_dev) == (st.st_ino, st.st_dev):
+            return directory / candidate
     return None
 
 
 def recover_publication(marker: Path, src: Path | None) -> Path | None:
-    """Tras una caída: la ruta ya publicada según el marcador, o None si no llegó a publicarse.
+    """Tras una caída (copia entre sistemas): la ruta ya publicada según el marcador, o None.
 
-    Sin ``src``, se usa el origen que anotó el marcador: así una caída entre ``link()`` y la
-    actualización del marcador no acaba publicando dos veces el mismo archivo.
+    Si la caída llegó entre ``link()`` y la actualización del marcador, la copia preparada sigue
+    ahí con dos enlaces: su nombre público se encuentra por el inodo. Una copia sin publicar se
+    borra (se volverá a publicar desde el directorio aislado).
     """
     try:
         data = orjson.loads(marker.read_bytes())
@@ -214,29 +302,27 @@ def recover_publication(marker: Path, src: Path | None) -> Path | None:
         return None
     if not isinstance(data, dict):
         return None
-    if src is None and isinstance(data.get("src"), str):
-        src = Path(data["src"])
     published = data.get("path")
-    if published:
+    if isinstance(published, str):
         path = Path(published)
         try:
             if path.stat().st_size == data.get("size"):
-                if src is not None and src.exists():
-                    src.unlink()
                 return path
         except OSError:
             return None
         return None
-    # El enlace pudo hacerse sin que el marcador lo dijera: buscar el mismo inodo.
-    if src is None or not src.exists():
+    staged = data.get("staged")
+    if not isinstance(staged, str):
         return None
-    ino = src.stat().st_ino
-    directory = Path(data.get("dir", ""))
-    for candidate in _candidates(str(data.get("filename", "")), limit=100):
-        try:
-            if (directory / candidate).stat().st_ino == ino:
-                src.unlink()
-                return directory / candidate
-        except OSError:
-            continue
-    return None
+    staged_path = Path(staged)
+    try:
+        st = os.stat(staged_path, follow_symlinks=False)
+    except OSError:
+        return None
+    found = None
+    if st.st_nlink > 1:
+        found = _find_inode(Path(str(data.get("dir", ""))), str(data.get("filename", "")), st)
+    if found is not None or st.st_nlink == 1:
+        with contextlib.suppress(OSError):
+            staged_path.unlink()
+    return found

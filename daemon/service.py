@@ -24,12 +24,13 @@ from daemon import __version__
 from daemon.config import ConfigError, Settings, load_settings, restart_required_changes, settings_diff
 from daemon.downloaders.base import Downloader, DownloadOptions
 from daemon.downloaders.download_lifecycle import cleanup_download
-from daemon.downloaders.download_manager import DownloadManager, DownloadTask, RetryPolicy
+from daemon.downloaders.download_manager import CancelResult, DownloadManager, DownloadTask, RetryPolicy
 from daemon.downloaders.http import HttpDownloader
 from daemon.events import get_logger, reopen_event_log, set_log_level
-from daemon.faultpoints import crash_point
+from daemon.faultpoints import apause_point, crash_point
 from daemon.ids import new_correlation_id
 from daemon.jobs import JobLimits, JobRejected, JobSpec, parse_job
+from daemon.publish import sweep_staging
 from daemon.reaper import reap_temp_root
 from daemon.spool import Spool
 from daemon.status import write_status
@@ -88,10 +89,11 @@ class Daemon:
         self._add_ytdlp()
         self.manager = DownloadManager(
             self._downloaders, s.output_dir, max_concurrent=s.max_concurrent, temp_root=s.temp_dir,
-            progress_interval=s.download.progress_interval, on_published=self._on_published,
+            progress_interval=s.download.progress_interval, on_outcome=self._conclude,
             on_finished=self._on_finished, resolve_auto=self._resolve_auto,
         )
         self._recover()
+        self._sweep_staging(max_age=0.0)
         self.watcher = SpoolWatcher({"incoming": self.spool.incoming, "cancel": self.spool.cancel}, self._wake)
         self.watcher.start()
         workers = [
@@ -256,28 +258,34 @@ class Daemon:
             if self.spool.claim(entry.name):
                 crash_point("after_claim")
                 claimed += 1
-                self._accept(entry.name)
+                await apause_point("claimed", entry.name)
+                job = self._parse_claimed(entry.name)
+                if job is not None:
+                    await apause_point("parsed", job.id)
+                    self._accept(job, entry.name)
                 if claimed % _CLAIM_BATCH == 0:
                     await asyncio.sleep(0)  # dejar respirar al bucle (watchdog, señales)
         self._incoming_waiting = max(0, len(entries) - claimed)
         if claimed:
             self._status_dirty.set()
 
-    def _accept(self, name: str) -> None:
-        """Lee, valida y encola un archivo recién reclamado (o lo rechaza con motivo)."""
-        assert self.manager is not None
+    def _parse_claimed(self, name: str) -> JobSpec | None:
+        """Lee y valida un archivo recién reclamado; si no vale, lo rechaza con motivo y da None."""
         try:
             data, _st = self.spool.read_claimed(name)
             job = parse_job(data, name, self._limits())
-            job = self._resolve_id_conflicts(job)
+            return self._resolve_id_conflicts(job)
         except JobRejected as exc:
             self._reject(name, exc.reason, exc.job_id)
-            return
         except Exception as exc:  # nunca dejar un archivo atascado en active/ por un fallo inesperado
             _log.exception("daemon.error", where="accept", file=printable(name), error=repr(exc))
             self._reject(name, f"internal error while reading the job ({type(exc).__name__}); report this "
                                "with the file attached", None)
-            return
+        return None
+
+    def _accept(self, job: JobSpec, name: str) -> None:
+        """Encola un trabajo ya validado (o lo termina si ya pidieron cancelarlo)."""
+        assert self.manager is not None
         received = time.time()
         _log.info("job.received", correlation_id=job.id, file=name, url=job.url, downloader=job.downloader,
                   id_source=job.id_source)
@@ -301,7 +309,7 @@ class Daemon:
         retry = RetryPolicy(retries=job.retries if job.retries is not None else d.retries, backoff=d.backoff,
                             max_backoff=d.max_backoff)
         self.manager.submit(job.id, options, downloader=downloader, priority=job.priority, retry=retry,
-                            output_subdir=job.output_dir, context=job)
+                            output_subdir=job.output_dir)
         self._status_dirty.set()
 
     def _resolve_id_conflicts(self, job: JobSpec) -> JobSpec:
@@ -391,41 +399,49 @@ class Daemon:
         record["timings"] = timings
         return record
 
-    def _on_published(self, task: DownloadTask) -> None:
+    def _conclude(self, task: DownloadTask) -> None:
+        """El desenlace de una tarea, hecho durable: el único camino a un registro terminal de una
+        tarea del gestor (un éxito llega aquí desde el hilo de publicación, antes de la limpieza).
+        Un ``OSError`` al escribir el registro de un éxito se propaga: el gestor retira lo publicado."""
         entry = self._jobs.get(task.correlation_id)
         if entry is None:
             return
         job, name, received = entry
-        task.finished_at = time.time()
-        path = self.spool.write_record("done", job.id, self._record(task, job, name, received, "succeeded"))
-        _log.info("job.recorded", correlation_id=job.id, record=str(path), outcome="succeeded")
+        if task.state == "interrupted":
+            return  # no es un desenlace: _on_finished lo devuelve a la cola
+        outcome = "cancelled" if task.state == "cancelled" else str(task.state)
+        self._write_terminal(job, name, received, outcome, task)
+
+    def _write_terminal(self, job: JobSpec, name: str, received: float, outcome: str,
+                        task: DownloadTask | None, error: dict[str, Any] | None = None) -> Path:
+        """Escribe el registro terminal (done/ si succeeded, si no failed/) y emite ``job.recorded``."""
+        record = self._record(task, job, name, received, outcome)
+        if error is not None:
+            record["error"] = error
+        path = self.spool.write_record("done" if outcome == "succeeded" else "failed", job.id, record)
+        _log.info("job.recorded", correlation_id=job.id, record=str(path), outcome=outcome)
+        return path
 
     def _on_finished(self, task: DownloadTask) -> None:
+        """Contabilidad al final de una tarea; el registro ya lo escribió ``_conclude``."""
         entry = self._jobs.pop(task.correlation_id, None)
         if entry is None:
             return
-        job, name, received = entry
+        job, name, _received = entry
         if task.state == "interrupted" or (task.state == "queued" and self._stop.is_set()):
             self._requeue(job, name, "daemon stopping")
-        elif task.state == "succeeded":
-            self.spool.release(name)
-            self.counts["done"] += 1
         else:
-            outcome = "cancelled" if task.state == "cancelled" else "failed"
-            path = self.spool.write_record("failed", job.id, self._record(task, job, name, received, outcome))
-            _log.info("job.recorded", correlation_id=job.id, record=str(path), outcome=outcome)
             self.spool.release(name)
-            self.counts["cancelled" if outcome == "cancelled" else "failed"] += 1
-            if outcome == "cancelled":
+            key = {"succeeded": "done", "cancelled": "cancelled"}.get(str(task.state), "failed")
+            self.counts[key] += 1
+            if task.state == "cancelled":
                 self.spool.consume_cancel(job.id)
         self._status_dirty.set()
         if not self._stop.is_set():
             self._scan_wanted.set()  # hay sitio en la cola: mirar incoming/
 
     def _finish_without_running(self, job: JobSpec, name: str, received: float, outcome: str, why: str) -> None:
-        record = self._record(None, job, name, received, outcome)
-        record["error"] = {"kind": outcome, "message": why}
-        self.spool.write_record("failed", job.id, record)
+        self._write_terminal(job, name, received, outcome, None, {"kind": outcome, "message": why})
         self.spool.release(name)
         self.counts["cancelled"] += 1
         _log.warning("job.cancelled", correlation_id=job.id, attempt=0, while_state="incoming")
@@ -441,6 +457,24 @@ class Daemon:
         self.counts["requeued"] += 1
         _log.info("job.requeued", correlation_id=job.id, file=target, reason=reason)
 
+    def _requeue_leftover_claims(self) -> None:
+        """Al parar: lo reclamado que no llegó al gestor (la parada cortó el escaneo entre el
+        reclamo y la cola) vuelve a incoming/; nunca queda nada en active/<instancia>/."""
+        try:
+            names = sorted(os.listdir(self.spool.claimed))
+        except OSError:
+            return
+        for name in names:
+            if name.startswith("."):
+                continue
+            try:
+                target = self.spool.requeue(self.spool.claimed, name)
+            except OSError as exc:
+                _log.error("daemon.error", where="requeue", file=printable(name), error=exc.strerror or str(exc))
+                continue
+            self.counts["requeued"] += 1
+            _log.info("job.requeued", correlation_id=None, file=target, reason="daemon stopping")
+
     # --- cancelaciones --------------------------------------------------------------------
     async def _cancel_loop(self) -> None:
         while not self._stop.is_set():
@@ -455,7 +489,10 @@ class Daemon:
         for job_id in self.spool.cancel_requests():
             if job_id in self.manager.tasks:
                 _log.info("job.cancel_requested", correlation_id=job_id)
-                await self.manager.cancel(job_id)
+                result = await self.manager.cancel(job_id)
+                if result is CancelResult.TOO_LATE:
+                    # Terminará como succeeded; el marcador se retira para que el cancel lo sepa.
+                    self.spool.consume_cancel(job_id)
             elif self.spool.terminal_record(job_id) is not None:
                 self.spool.consume_cancel(job_id)
                 _log.info("job.cancel_ignored", correlation_id=job_id, reason="the job already finished")
@@ -474,9 +511,22 @@ class Daemon:
             await asyncio.get_running_loop().run_in_executor(
                 None, reap_temp_root, self.settings.temp_dir, self.settings.reaper.max_age, set(self._jobs)
             )
+            await asyncio.get_running_loop().run_in_executor(None, self._sweep_staging,
+                                                             self.settings.reaper.max_age)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.reaper.interval):
                     await self._stop.wait()
+
+    def _sweep_staging(self, max_age: float) -> None:
+        """Retira copias a medio publicar que dejó un publicador muerto (sin cerrojo, más viejas que
+        ``max_age``; al arrancar, todas las que no tienen cerrojo)."""
+        try:
+            removed = sweep_staging(self.settings.output_dir, max_age)
+        except OSError as exc:
+            _log.warning("daemon.error", where="staging", error=exc.strerror or str(exc))
+            return
+        if removed:
+            _log.info("reaper.staging_removed", removed=removed, output_dir=str(self.settings.output_dir))
 
     async def _health_loop(self) -> None:
         while not self._stop.is_set():
@@ -573,7 +623,8 @@ class Daemon:
         self.notifier.stopping("stopping: finishing running downloads")
         grace = 0.0 if self._stop_now.is_set() else self.settings.shutdown_grace
         self.notifier.extend_timeout(grace + 15.0)  # que systemd no mate antes de acabar la gracia
-        _log.info("daemon.stopping", running=self.manager.running, queued=self.manager.queued, grace_s=grace)
+        _log.info("daemon.stopping", running=self.manager.running, queued=self.manager.queued, grace_s=grace,
+                  publishing=self.manager.committed_count())
         pending = await self.manager.shutdown(grace, abort=self._stop_now)
         for task in pending:
             entry = self._jobs.pop(task.correlation_id, None)
@@ -582,6 +633,7 @@ class Daemon:
         for worker in workers:
             worker.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
+        self._requeue_leftover_claims()
         if self.watcher is not None:
             self.watcher.stop()
         for downloader in self._downloaders.values():

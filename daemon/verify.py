@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from daemon.config import Settings
+from daemon.publish import STAGING_DIR
 from daemon.sha import file_sha256
 
 __all__ = ["VerifyReport", "check_event_sequences", "verify_spool"]
@@ -39,14 +40,17 @@ _TRANSITIONS: dict[str, dict[str, str]] = {
                  "job.requeued": "requeued"},
     "queued": {"job.started": "running", "job.cancelled": "terminal", "job.requeued": "requeued"},
     "running": {"job.started": "running", "job.progress": "running", "job.retrying": "running",
-                "job.published": "published", "job.failed": "terminal", "job.cancelled": "terminal",
-                "job.interrupted": "interrupted"},
-    "published": {"job.recorded": "published", "job.succeeded": "terminal", "job.published": "published"},
+                "job.publish_retrying": "running", "job.published": "published", "job.failed": "terminal",
+                "job.cancelled": "terminal", "job.interrupted": "interrupted"},
+    # Un registro que no se pudo escribir retira la publicación (job.unpublished) y se reintenta.
+    "published": {"job.recorded": "published", "job.succeeded": "terminal", "job.published": "published",
+                  "job.unpublished": "running"},
     "interrupted": {"job.requeued": "requeued"},
     "crashed": {"job.requeued": "requeued", "job.recovered": "terminal", "job.received": "received"},
-    "terminal": {"job.recorded": "terminal", "job.recovered": "terminal"},
+    # Un duplicado de un id ya terminado se rechaza (con razón): el trabajo sigue terminado.
+    "terminal": {"job.recorded": "terminal", "job.recovered": "terminal", "job.rejected": "terminal"},
 }
-_IGNORED = {"job.cancel_requested", "job.cancel_ignored"}
+_IGNORED = {"job.cancel_requested", "job.cancel_ignored", "job.cancel_too_late"}
 
 
 @dataclass
@@ -149,7 +153,7 @@ def _check_output(output: Path, referenced: set[Path], report: VerifyReport) -> 
     for root, _dirs, files in os.walk(output):
         for name in files:
             path = Path(root) / name
-            if name.startswith(".videonote-dl-") or name.endswith(".part"):
+            if name.startswith(".videonote-dl-") or name.endswith(".part") or STAGING_DIR in Path(root).parts:
                 report.problems.append(f"partial file in the output: {path}")
             elif path not in referenced:
                 report.problems.append(f"file in the output with no record (duplicate or orphan): {path}")

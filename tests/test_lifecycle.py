@@ -260,7 +260,8 @@ def test_execute_exception_reraises_and_removes_the_dir(temp_root: Path) -> None
         asyncio.run(lifecycle.execute(lambda opts, _cb: _fail_with(ZeroDivisionError("bug"), opts)))
     assert not (temp_root / "videonote_dl_life-exc").exists()
     assert lifecycle.state is LifecycleState.FAILED
-    assert lifecycle.record.error == {"kind": "ZeroDivisionError", "message": "bug", "transient": False}
+    # Un error inesperado es de la lista enumerada de kinds (internal), no el nombre de la excepción.
+    assert lifecycle.record.error == {"kind": "internal", "message": "ZeroDivisionError: bug", "transient": False}
 
 
 def test_cleanup_on_failure_false_keeps_the_dir(temp_root: Path) -> None:

@@ -6,6 +6,7 @@ instante). Cada error lleva un ``kind`` corto y estable que va a los eventos y r
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ __all__ = [
     "TooManyRedirects",
     "TransientDownloadError",
     "UnsupportedUrl",
+    "error_record",
 ]
 
 # progress(bytes_descargados, total_o_None)
@@ -174,3 +176,21 @@ class InvalidUrl(PermanentDownloadError):
     """La URL no se puede usar tal cual (el cliente HTTP la rechaza)."""
 
     kind = "invalid_url"
+
+
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                             errno.EPERM})
+
+
+def error_record(exc: BaseException) -> dict[str, Any]:
+    """El error de un trabajo en su forma de evento y de registro (el mismo ``kind`` en ambos).
+
+    Un ``DownloadError`` da su propio ``kind``; un ``OSError`` de almacenamiento (disco lleno, E/S,
+    permisos) es ``storage``; cualquier otra cosa es ``internal``.
+    """
+    if isinstance(exc, DownloadError):
+        return exc.to_record()
+    if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return StorageError(f"storage error: {exc.strerror}{where}", errno=exc.errno).to_record()
+    return {"kind": "internal", "message": f"{type(exc).__name__}: {exc}", "transient": False}

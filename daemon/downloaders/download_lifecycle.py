@@ -31,14 +31,14 @@ from typing import Any
 
 from daemon.dirlock import DirLock, DirLockBusy
 from daemon.downloaders.base import (
-    DownloadError,
     DownloadOptions,
     DownloadResult,
     ProgressCallback,
     StorageError,
+    error_record,
 )
 from daemon.events import get_logger
-from daemon.faultpoints import crash_point
+from daemon.faultpoints import apause_point, crash_point
 from daemon.ids import validate_correlation_id
 from daemon.temp_manager import TempManager
 
@@ -247,6 +247,7 @@ class DownloadLifecycle:
         except BaseException as exc:  # también KeyboardInterrupt: nunca deja el directorio atrás
             self._finish_failed(exc)
             raise
+        await apause_point("cleaning", self.correlation_id)
         self._finish_succeeded(result)
         return result
 
@@ -291,11 +292,7 @@ class DownloadLifecycle:
     def _finish_failed(self, exc: BaseException) -> None:
         self.record.state = LifecycleState.FAILED
         self.record.finished_at = time.time()
-        if isinstance(exc, DownloadError):
-            self.record.error = exc.to_record()
-        else:
-            self.record.error = {"kind": type(exc).__name__, "message": str(exc) or type(exc).__name__,
-                                 "transient": False}
+        self.record.error = error_record(exc)
         _log.error("job.failed", correlation_id=self.correlation_id, attempt=self.record.attempt,
                    error=self.record.error)
         self._close_isolated(self.cleanup_on_failure)

@@ -3,12 +3,23 @@
 Cada descarga corre dentro de ``DownloadLifecycle.execute()``: un directorio aislado por
 trabajo que sobrevive a los reintentos (para reanudar con Range) y se borra al terminar. A lo
 sumo ``max_concurrent`` descargas a la vez; el resto espera por prioridad y orden de llegada.
+
+El camino de un trabajo se lee de arriba abajo en ``_job_path``: directorio aislado, descarga,
+verificación, publicación, registro, limpieza. Al empezar a publicar pasa el **punto de no
+retorno** (``DownloadTask.committed``): desde ahí ni una cancelación ni una parada cambian el
+desenlace; la cancelación se informa como tardía y la parada espera (lo acotado: un ``link`` y
+un fsync, o una copia entre sistemas de archivos). Antes de ese punto, cancelar lo borra todo y
+parar devuelve el trabajo a la cola conservando el directorio para reanudar. Un fallo de
+almacenamiento al publicar (ENOSPC, EDQUOT, EIO) no deja nada en la salida y vuelve a antes del
+punto de no retorno: se reintenta con espera. El desenlace de cada tarea se entrega una sola vez
+a ``on_outcome`` (quien escribe el registro terminal).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import errno
 import heapq
 import itertools
@@ -29,16 +40,41 @@ from daemon.downloaders.base import (
     PermanentDownloadError,
     StorageError,
     TransientDownloadError,
+    error_record,
 )
 from daemon.downloaders.download_lifecycle import DownloadLifecycle, LifecycleState, safe_filename_in
 from daemon.events import bind_correlation_id, get_logger
-from daemon.faultpoints import crash_point
-from daemon.publish import PUBLISH_MARKER, find_linked_publication, publish_file, recover_publication
+from daemon.faultpoints import apause_point, crash_point, pause_point
+from daemon.publish import PUBLISH_MARKER, find_linked_publication, publish_file, recover_publication, unpublish
+from daemon.sha import file_sha256
 
-__all__ = ["DownloadManager", "DownloadTask", "RetryPolicy"]
+__all__ = ["CancelResult", "DownloadManager", "DownloadTask", "RetryPolicy", "TaskState"]
 
 _log = get_logger()
 _STORAGE_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EFBIG, errno.EDQUOT, errno.EROFS}
+# Fallos de almacenamiento al publicar que pueden pasar solos (se libera espacio, vuelve el disco).
+_TRANSIENT_PUBLISH_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO}
+
+
+class TaskState(enum.StrEnum):
+    """Estado de una tarea del gestor; los terminales son los cuatro últimos."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    PUBLISHING = "publishing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+
+class CancelResult(enum.StrEnum):
+    """Qué hizo ``DownloadManager.cancel``."""
+
+    CANCELLED = "cancelled"
+    TOO_LATE = "too_late"  # ya pasó el punto de no retorno: terminará como succeeded
+    UNKNOWN = "unknown"    # ni en cola ni en curso
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +103,7 @@ class DownloadTask:
     seq: int = 0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     output_subdir: str | None = None
-    context: Any = None  # lo que el llamador quiera asociar (p. ej. el JobSpec del spool)
-    state: str = "queued"  # queued | running | retrying | succeeded | failed | cancelled | interrupted
+    state: TaskState = TaskState.QUEUED
     task: asyncio.Task[None] | None = None
     queued_at: float = field(default_factory=time.time)
     started_at: float | None = None
@@ -81,6 +116,9 @@ class DownloadTask:
     renamed: bool = False
     error: dict[str, Any] | None = None
     interrupt: bool = False
+    committed: bool = False  # pasó el punto de no retorno: termina como succeeded pase lo que pase
+    concluded: bool = False  # ``on_outcome`` ya recibió su desenlace (una sola vez)
+    publish_attempts: int = 0
     _last_progress: tuple[float, int] = (0.0, 0)
     _progress_events: int = 0
 
@@ -106,9 +144,12 @@ Hook = Callable[[DownloadTask], None]
 class DownloadManager:
     """Corre descargas aisladas con un límite de concurrencia.
 
-    ``on_published(task)`` se llama tras publicar y antes de borrar el directorio aislado (el
-    registro terminal se escribe ahí: una caída después no repite la descarga);
-    ``on_finished(task)`` al terminar de cualquier forma.
+    ``on_outcome(task)`` recibe una sola vez el desenlace de cada tarea (``task.state``:
+    succeeded, failed, cancelled o interrupted) y lo hace durable: es el único sitio que escribe
+    registros terminales. Para un éxito se llama tras publicar y antes de borrar el directorio
+    aislado (en un hilo de trabajo): una caída después no repite la descarga. Si lanza
+    ``OSError`` en un éxito, la publicación se retira y se reintenta como un fallo de
+    almacenamiento. ``on_finished(task)`` se llama al final de todo, para la contabilidad.
     """
 
     def __init__(
@@ -118,7 +159,7 @@ class DownloadManager:
         max_concurrent: int = 4,
         temp_root: Path | None = None,
         progress_interval: float = 1.0,
-        on_published: Hook | None = None,
+        on_outcome: Hook | None = None,
         on_finished: Hook | None = None,
         fsync: bool = True,
         resolve_auto: Callable[[str], Awaitable[str]] | None = None,
@@ -128,7 +169,7 @@ class DownloadManager:
         self.max_concurrent = max_concurrent
         self.temp_root = temp_root
         self.progress_interval = progress_interval
-        self.on_published = on_published
+        self.on_outcome = on_outcome
         self.on_finished = on_finished
         self.fsync = fsync
         self.resolve_auto = resolve_auto
@@ -138,6 +179,7 @@ class DownloadManager:
         self._seq = itertools.count()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._stopping = False
 
     # --- API pública ----------------------------------------------------------------------
     @property
@@ -157,7 +199,6 @@ class DownloadManager:
         priority: int = 0,
         retry: RetryPolicy | None = None,
         output_subdir: str | None = None,
-        context: Any = None,
     ) -> DownloadTask:
         """Encola una descarga; lanza ``ValueError`` si ya hay una viva con ese id."""
         if correlation_id in self.tasks:
@@ -167,7 +208,7 @@ class DownloadManager:
         lifecycle = DownloadLifecycle(correlation_id, options, base_temp_dir=self.temp_root)
         task = DownloadTask(
             correlation_id, options, lifecycle, downloader=downloader, priority=priority, seq=next(self._seq),
-            retry=retry or RetryPolicy(), output_subdir=output_subdir, context=context,
+            retry=retry or RetryPolicy(), output_subdir=output_subdir,
         )
         self.tasks[correlation_id] = task
         heapq.heappush(self._heap, (-priority, task.seq, task))
@@ -177,25 +218,33 @@ class DownloadManager:
         self._dispatch()
         return task
 
-    async def cancel(self, correlation_id: str) -> bool:
-        """Cancela una descarga en cola o en curso; su directorio temporal se borra."""
+    async def cancel(self, correlation_id: str) -> CancelResult:
+        """Cancela una descarga en cola o en curso (su directorio temporal se borra).
+
+        Pasado el punto de no retorno no cancela nada: devuelve ``TOO_LATE`` y emite
+        ``job.cancel_too_late``; el trabajo termina como succeeded.
+        """
         task = self.tasks.get(correlation_id)
         if task is None:
-            return False
+            return CancelResult.UNKNOWN
+        if task.committed:
+            _log.warning("job.cancel_too_late", correlation_id=correlation_id, state=str(task.state),
+                         reason="the download is complete and is being published; it will end as succeeded")
+            return CancelResult.TOO_LATE
         if task.task is None:  # aún en cola
             self._heap = [entry for entry in self._heap if entry[2] is not task]
             heapq.heapify(self._heap)
-            task.state = "cancelled"
+            task.state = TaskState.CANCELLED
             task.finished_at = time.time()
             # El mismo error que una cancelación en curso: el registro terminal dice el motivo.
             task.error = {"kind": "cancelled", "message": "cancelled on request while queued"}
             _log.warning("job.cancelled", correlation_id=correlation_id, attempt=0, while_state="queued")
-            self._forget(task)
-            return True
+            self._settle(task)
+            return CancelResult.CANCELLED
         task.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task.task
-        return True
+        return CancelResult.CANCELLED if task.state is TaskState.CANCELLED else CancelResult.TOO_LATE
 
     def get_temp_path(self, correlation_id: str, filename: str) -> str | None:
         """Ruta de ``filename`` en el directorio aislado de una descarga viva, o None."""
@@ -216,39 +265,38 @@ class DownloadManager:
         """Espera a que no quede nada en cola ni en curso."""
         await self._idle.wait()
 
+    def committed_count(self) -> int:
+        """Cuántas tareas están pasado el punto de no retorno (una parada las espera)."""
+        return sum(1 for t in self._running if t.committed)
+
     async def shutdown(self, grace: float, abort: asyncio.Event | None = None) -> list[DownloadTask]:
-        """Deja terminar lo que corre durante ``grace`` s (o hasta ``abort``); luego lo interrumpe
-        conservando sus directorios (``on_finished`` lo ve como ``interrupted``). Devuelve las
-        tareas que seguían en cola, sin empezar."""
+        """Deja terminar lo que corre durante ``grace`` s (o hasta ``abort``); luego interrumpe lo
+        que no pasó el punto de no retorno, conservando sus directorios (``on_outcome`` lo ve como
+        ``interrupted``), y espera a que terminen los que sí lo pasaron. Devuelve las tareas que
+        seguían en cola, sin empezar."""
+        self._stopping = True
         pending = [entry[2] for entry in sorted(self._heap, key=lambda e: (e[0], e[1]))]
         self._heap.clear()
         for task in pending:
             self.tasks.pop(task.correlation_id, None)
-        running = [t.task for t in self._running if t.task is not None]
-        if running and grace > 0:
-            waiters: set[asyncio.Future[Any]] = set(running)
-            abort_wait = asyncio.ensure_future(abort.wait()) if abort is not None else None
-            if abort_wait is not None:
-                waiters.add(abort_wait)
-            deadline = time.monotonic() + grace
-            while any(not t.done() for t in running) and not (abort is not None and abort.is_set()):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-                waiters = {w for w in waiters if not w.done()}
-            if abort_wait is not None:
-                abort_wait.cancel()
-        interrupted = []
-        for task in list(self._running):
-            if task.task is not None and not task.task.done():
-                task.interrupt = True
-                task.lifecycle.keep_temp_dir_on_cancel()
-                task.task.cancel()
-                interrupted.append(task.task)
-        for handle in interrupted:
-            with contextlib.suppress(asyncio.CancelledError):
-                await handle
+        deadline = time.monotonic() + grace
+        while True:
+            live = [t for t in self._running if t.task is not None and not t.task.done()]
+            if not live:
+                break
+            aborted = abort is not None and abort.is_set()
+            if aborted or time.monotonic() >= deadline:
+                for task in live:
+                    if not task.committed and not task.interrupt:
+                        task.interrupt = True
+                        task.lifecycle.keep_temp_dir_on_cancel()
+                        assert task.task is not None
+                        task.task.cancel()
+                wait_for = 0.1  # las que están publicando terminan solas; una que vuelva atrás se interrumpe
+            else:
+                wait_for = min(deadline - time.monotonic(), 0.25)
+            handles = {t.task for t in live if t.task is not None}
+            await asyncio.wait(handles, timeout=wait_for, return_when=asyncio.FIRST_COMPLETED)
         return pending
 
     def snapshot(self) -> list[dict[str, Any]]:
@@ -256,60 +304,63 @@ class DownloadManager:
 
     # --- planificación --------------------------------------------------------------------
     def _dispatch(self) -> None:
-        while self._heap and len(self._running) < self.max_concurrent:
+        while self._heap and len(self._running) < self.max_concurrent and not self._stopping:
             _, _, task = heapq.heappop(self._heap)
             self._running.add(task)
-            task.state = "running"
+            task.state = TaskState.RUNNING
             task.started_at = time.time()
             task.task = asyncio.get_running_loop().create_task(self._run(task), name=f"download-{task.correlation_id}")
 
-    def _forget(self, task: DownloadTask) -> None:
+    def _settle(self, task: DownloadTask) -> None:
+        """Fin de una tarea: su desenlace a ``on_outcome`` (si aún no lo tuvo) y la contabilidad."""
         self._running.discard(task)
         self.tasks.pop(task.correlation_id, None)
+        if not task.concluded:
+            self._conclude(task)
         if self.on_finished is not None:
             try:
                 self.on_finished(task)
-            except Exception as exc:  # un fallo al registrar no debe tumbar al planificador
+            except Exception as exc:  # un fallo al contabilizar no debe tumbar al planificador
                 _log.error("daemon.error", correlation_id=task.correlation_id, where="on_finished", error=repr(exc))
         if not self._heap and not self._running:
             self._idle.set()
 
+    def _conclude(self, task: DownloadTask) -> None:
+        """Entrega el desenlace a ``on_outcome`` exactamente una vez."""
+        task.concluded = True
+        if self.on_outcome is None:
+            return
+        try:
+            self.on_outcome(task)
+        except Exception as exc:
+            _log.error("daemon.error", correlation_id=task.correlation_id, where="on_outcome", error=repr(exc))
+
     async def _run(self, task: DownloadTask) -> None:
         bind_correlation_id(task.correlation_id)
         try:
-            task.result = await task.lifecycle.execute(self._download_func(task), self._progress_callback(task))
-            task.state = "succeeded"
+            task.result = await task.lifecycle.execute(self._job_path(task), self._progress_callback(task))
+            task.state = TaskState.SUCCEEDED
         except asyncio.CancelledError:
-            task.state = "interrupted" if task.interrupt else "cancelled"
-            task.error = {"kind": "interrupted" if task.interrupt else "cancelled",
-                          "message": "stopped by the daemon's shutdown" if task.interrupt else "cancelled on request"}
-        except DownloadError as exc:
-            task.state, task.error = "failed", exc.to_record()
-        except OSError as exc:
-            # P. ej. el disco temporal lleno antes de poder crear el directorio aislado: es un
-            # fallo de almacenamiento del trabajo, no un error interno del daemon.
-            task.state = "failed"
-            if exc.errno in _STORAGE_ERRNOS or exc.errno in (errno.EACCES, errno.EPERM):
-                where = f" ({exc.filename})" if exc.filename else ""
-                task.error = StorageError(f"storage error: {exc.strerror}{where}", errno=exc.errno).to_record()
+            if task.concluded:  # defensa: publicado y registrado, nada puede deshacerlo
+                task.state = TaskState.SUCCEEDED
             else:
-                task.error = {"kind": "internal", "message": f"{type(exc).__name__}: {exc}", "transient": False}
+                task.state = TaskState.INTERRUPTED if task.interrupt else TaskState.CANCELLED
+                task.error = ({"kind": "interrupted", "message": "stopped by the daemon's shutdown"} if task.interrupt
+                              else {"kind": "cancelled", "message": "cancelled on request"})
+        except Exception as exc:
+            task.state, task.error = TaskState.FAILED, error_record(exc)
+            if task.error["kind"] == "internal":
                 _log.exception("daemon.error", where="download", error=repr(exc))
             self._log_failed_outside_lifecycle(task)
-        except Exception as exc:
-            task.state = "failed"
-            task.error = {"kind": "internal", "message": f"{type(exc).__name__}: {exc}", "transient": False}
-            _log.exception("daemon.error", where="download", error=repr(exc))
-            self._log_failed_outside_lifecycle(task)
         finally:
-            task.finished_at = time.time()
-            self._forget(task)
+            task.finished_at = task.finished_at or time.time()
+            self._settle(task)
             self._dispatch()
 
     @staticmethod
     def _log_failed_outside_lifecycle(task: DownloadTask) -> None:
-        """``job.failed`` si el fallo llegó antes de que el ciclo de vida lo registrara (al crear
-        el directorio aislado): toda secuencia de eventos de un trabajo acaba en un evento terminal."""
+        """``job.failed`` si el fallo no lo registró ya el ciclo de vida (al crear el directorio
+        aislado): toda secuencia de eventos de un trabajo acaba en un evento terminal."""
         if task.lifecycle.state is not LifecycleState.FAILED:
             _log.error("job.failed", correlation_id=task.correlation_id, attempt=task.attempt, error=task.error)
 
@@ -335,55 +386,134 @@ class DownloadManager:
 
         return report
 
-    def _download_func(self, task: DownloadTask) -> Callable[..., Any]:
+    # --- el camino de un trabajo, paso a paso ---------------------------------------------------
+    def _job_path(self, task: DownloadTask) -> Callable[..., Any]:
+        """Lo que corre dentro del directorio aislado: descarga, verificación, publicación, registro."""
+        job_id = task.correlation_id
+
         async def run(options: DownloadOptions, progress: Callable[[int, int | None], None] | None) -> DownloadResult:
             temp_dir = options.output_path
             assert temp_dir is not None
             marker = temp_dir / PUBLISH_MARKER
-            output_dir = self.output_root / task.output_subdir if task.output_subdir else self.output_root
-            published = (recover_publication(marker, None) if marker.exists()
-                         else find_linked_publication(temp_dir, output_dir))
-            if published is not None:
-                return self._finish_recovered(task, published)
+            await apause_point("temp_dir_created", job_id)
+            previous = self._previous_publication(task, temp_dir, marker)
+            if previous is not None:  # una caída entre publicar y registrar: sólo falta el registro
+                return await self._commit(task, previous, marker, recovered=True)
             result = await self._attempts(task, options, progress)
-            if options.sha256 and result.sha256 != options.sha256:
-                result.path.unlink(missing_ok=True)
-                raise ChecksumMismatch(
-                    f"sha256 of the download is {result.sha256}, the job expected {options.sha256}",
-                    expected=options.sha256, actual=result.sha256,
-                )
+            await apause_point("download_complete", job_id)
+            self._verify(options, result)
+            await apause_point("verifying", job_id)
             crash_point("before_publish")
-            # Publicar y escribir el registro terminal (ambos con fsync) en un solo salto de hilo.
-            await asyncio.get_running_loop().run_in_executor(None, self._publish_and_record, task, result, marker)
-            return result
+            return await self._commit(task, result, marker, recovered=False)
 
         return run
 
-    def _publish_and_record(self, task: DownloadTask, result: DownloadResult, marker: Path) -> None:
-        """En un hilo de trabajo: publicar por ``link()`` y escribir el registro terminal."""
-        published = publish_file(result.path, self.output_root, task.output_subdir, result.filename, marker,
-                                 self.fsync)
-        task.published_path, task.renamed = published.path, published.renamed
-        result.path, result.filename, result.published = published.path, published.path.name, True
-        task.result = result
-        _log.info("job.published", correlation_id=task.correlation_id, path=str(published.path),
-                  renamed=published.renamed, size=result.size, sha256=result.sha256)
+    @staticmethod
+    def _verify(options: DownloadOptions, result: DownloadResult) -> None:
+        if options.sha256 and result.sha256 != options.sha256:
+            result.path.unlink(missing_ok=True)
+            raise ChecksumMismatch(
+                f"sha256 of the download is {result.sha256}, the job expected {options.sha256}",
+                expected=options.sha256, actual=result.sha256,
+            )
+
+    def _output_dir(self, task: DownloadTask) -> Path:
+        return self.output_root / task.output_subdir if task.output_subdir else self.output_root
+
+    def _previous_publication(self, task: DownloadTask, temp_dir: Path, marker: Path) -> DownloadResult | None:
+        """Lo que una vida anterior del daemon ya publicó desde este directorio aislado, si algo."""
+        published = (recover_publication(marker, None) if marker.exists()
+                     else find_linked_publication(temp_dir, self._output_dir(task)))
+        if published is None:
+            return None
+        return DownloadResult(path=published, filename=published.name, size=published.stat().st_size,
+                              sha256=file_sha256(published), published=True)
+
+    async def _commit(self, task: DownloadTask, result: DownloadResult, marker: Path,
+                      recovered: bool) -> DownloadResult:
+        """Publicar y registrar: el punto de no retorno.
+
+        Cada intento pasa el punto (``committed``) y corre entero en un hilo, protegido de la
+        cancelación. Un fallo de almacenamiento pasajero no deja nada en la salida y devuelve el
+        trabajo a antes del punto: la espera hasta el siguiente intento sí se puede cancelar o
+        interrumpir.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            task.committed, task.state = True, TaskState.PUBLISHING
+            task.publish_attempts += 1
+            work = loop.run_in_executor(None, self._publish_and_record, task, result, marker, recovered)
+            try:
+                await self._shielded(work)
+                return result
+            except StorageError as exc:
+                if exc.details.get("errno") not in _TRANSIENT_PUBLISH_ERRNOS or \
+                        task.publish_attempts > task.retry.retries:
+                    raise
+                error = exc
+            task.committed, task.state = False, TaskState.RETRYING
+            delay = task.retry.delay(task.publish_attempts)
+            _log.warning("job.publish_retrying", correlation_id=task.correlation_id,
+                         publish_attempt=task.publish_attempts, delay_s=round(delay, 3), error=error.to_record())
+            await asyncio.sleep(delay)
+
+    @staticmethod
+    async def _shielded(work: asyncio.Future[None]) -> None:
+        """Espera ``work`` hasta el final aunque cancelen a quien espera (y no deja la cancelación
+        pendiente si el trabajo ya quedó registrado)."""
+        cancelled = False
+        while True:
+            try:
+                await asyncio.shield(work)
+                break
+            except asyncio.CancelledError:
+                if work.done():
+                    break
+                cancelled = True
+        if cancelled:
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+        work.result()
+
+    def _publish_and_record(self, task: DownloadTask, result: DownloadResult, marker: Path,
+                            recovered: bool) -> None:
+        """En un hilo de trabajo: publicar por ``link()`` (o copia) y escribir el registro terminal."""
+        job_id = task.correlation_id
+        pause_point("publishing", job_id)
+        if recovered:
+            published_path, renamed = result.path, False
+            _log.info("job.published", correlation_id=job_id, path=str(published_path), recovered=True,
+                      size=result.size, sha256=result.sha256)
+        else:
+            published = publish_file(result.path, self.output_root, task.output_subdir, result.filename, marker,
+                                     self.fsync)
+            published_path, renamed = published.path, published.renamed
+            _log.info("job.published", correlation_id=job_id, path=str(published_path), renamed=renamed,
+                      size=result.size, sha256=result.sha256)
+        task.published_path, task.renamed, task.result = published_path, renamed, result
+        pause_point("published", job_id)
         crash_point("after_publish")
-        if self.on_published is not None:
-            self.on_published(task)
+        task.state, task.finished_at = TaskState.SUCCEEDED, time.time()
+        try:
+            self._conclude_or_raise(task)
+        except OSError as exc:
+            # Sin registro no hay éxito: el nombre público se retira y el intento falla como
+            # almacenamiento (se reintenta si es pasajero). El archivo sigue en el directorio aislado.
+            task.state, task.published_path, task.concluded = TaskState.PUBLISHING, None, False
+            unpublish(published_path, self.fsync)
+            marker.unlink(missing_ok=True)
+            _log.warning("job.unpublished", correlation_id=job_id, path=str(published_path),
+                         reason=f"the terminal record could not be written: {exc.strerror or exc}")
+            raise StorageError(f"cannot write the terminal record: {exc.strerror or exc}", errno=exc.errno) from None
+        result.path, result.filename, result.published = published_path, published_path.name, True
+        task.result = result
+        pause_point("recorded", job_id)
 
-    def _finish_recovered(self, task: DownloadTask, published: Path) -> DownloadResult:
-        from daemon.sha import file_sha256
-
-        size = published.stat().st_size
-        result = DownloadResult(path=published, filename=published.name, size=size, sha256=file_sha256(published),
-                                published=True)
-        task.published_path, task.result = published, result
-        _log.info("job.published", correlation_id=task.correlation_id, path=str(published), recovered=True,
-                  size=size, sha256=result.sha256)
-        if self.on_published is not None:
-            self.on_published(task)
-        return result
+    def _conclude_or_raise(self, task: DownloadTask) -> None:
+        task.concluded = True
+        if self.on_outcome is not None:
+            self.on_outcome(task)
 
     async def _attempts(
         self, task: DownloadTask, options: DownloadOptions, progress: Callable[[int, int | None], None] | None
@@ -408,9 +538,9 @@ class DownloadManager:
             if task.attempt > task.retry.retries:
                 raise error
             delay = task.retry.delay(task.attempt, error.retry_after)
-            task.state = "retrying"
+            task.state = TaskState.RETRYING
             _log.warning("job.retrying", correlation_id=task.correlation_id, attempt=task.attempt,
                          next_attempt=task.attempt + 1, delay_s=round(delay, 3), error=error.to_record())
             await asyncio.sleep(delay)
-            task.state = "running"
+            task.state = TaskState.RUNNING
             task.lifecycle.begin_attempt()
