@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--timeout", type=float, default=None, help="with --wait: give up after N seconds")
     cancel = sub.add_parser("cancel", parents=[common], help="cancel a queued or running job")
     cancel.add_argument("id")
+    cancel.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds to wait for the daemon's answer (0: only leave the request)")
     status = sub.add_parser("status", parents=[common], help="show the daemon's live status")
     status.add_argument("--watch", action="store_true", help="refresh every second until Ctrl-C")
     events = sub.add_parser("events", parents=[common], help="show the event log, filtered")
@@ -162,15 +164,58 @@ def _cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
         job_id = validate_correlation_id(args.id)
     except InvalidCorrelationId as exc:
         raise UsageError(str(exc)) from None
-    for folder in ("done", "failed"):
-        if (settings.spool_dir / folder / f"{job_id}.json").exists():
-            print(f"job {job_id} already finished (see {settings.spool_dir / folder / (job_id + '.json')})",
-                  file=sys.stderr)
-            return EXIT_FAILURE
-    if not (settings.spool_dir / "cancel" / job_id).exists():
+    finished = _terminal_record(settings, job_id)
+    if finished is not None:
+        late = "too late: " if finished.parent.name == "done" else ""
+        print(f"{late}job {job_id} already finished as {_record_outcome(finished)} (see {finished})", file=sys.stderr)
+        return EXIT_FAILURE
+    marker = settings.spool_dir / "cancel" / job_id
+    if not marker.exists():
         _write_into_spool(settings, "cancel", job_id, b"")
-    print(f"cancel requested for {job_id}")
-    return EXIT_OK
+    from daemon.status import read_status
+
+    if args.timeout <= 0 or not _daemon_alive(read_status(settings.status_file) or {}):
+        print(f"cancel requested for {job_id}")
+        return EXIT_OK
+    # El registro terminal dice qué pasó. Pasado el punto de no retorno (publicando) la
+    # cancelación llega tarde y el trabajo termina succeeded.
+    deadline = time.monotonic() + args.timeout
+    record: Path | None = None
+    while time.monotonic() < deadline:
+        record = _terminal_record(settings, job_id)
+        if record is not None:
+            break
+        time.sleep(0.05)
+    if record is None:
+        print(f"cancel requested for {job_id} (the daemon has not answered yet; see `videonote-dl show {job_id}`)")
+        return EXIT_OK
+    if record.parent.name == "done":
+        print(f"too late: job {job_id} was already being published and finished as succeeded (see {record})",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    outcome = _record_outcome(record)
+    if outcome == "cancelled":
+        print(f"cancelled {job_id} (see {record})")
+        return EXIT_OK
+    print(f"job {job_id} ended as {outcome} before the cancel took effect (see {record})", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def _terminal_record(settings: Settings, job_id: str) -> Path | None:
+    for folder in ("done", "failed"):
+        path = settings.spool_dir / folder / f"{job_id}.json"
+        if path.exists():
+            return path
+    return None
+
+
+def _record_outcome(path: Path) -> str:
+    import orjson
+
+    try:
+        return str(orjson.loads(path.read_bytes()).get("outcome", "unknown"))
+    except (OSError, ValueError):
+        return "unknown"
 
 
 def _daemon_alive(status: dict[str, Any]) -> bool:

@@ -441,10 +441,10 @@ class Daemon:
             self._scan_wanted.set()  # hay sitio en la cola: mirar incoming/
 
     def _finish_without_running(self, job: JobSpec, name: str, received: float, outcome: str, why: str) -> None:
+        _log.warning("job.cancelled", correlation_id=job.id, attempt=0, while_state="incoming")
         self._write_terminal(job, name, received, outcome, None, {"kind": outcome, "message": why})
         self.spool.release(name)
         self.counts["cancelled"] += 1
-        _log.warning("job.cancelled", correlation_id=job.id, attempt=0, while_state="incoming")
 
     def _requeue(self, job: JobSpec, name: str, reason: str) -> None:
         suffix = os.path.splitext(name)[1]
@@ -645,6 +645,12 @@ class Daemon:
                     await close()
         self._write_status("stopped")
         self.spool.close()
+        # Todo está ya devuelto o registrado: otra señal de parada no debe matar el proceso a medio
+        # salir (asyncio restauraría la acción por defecto al cerrar el bucle).
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
         _log.info("daemon.stopped", counts=dict(self.counts), uptime_s=round(time.time() - self.started_at, 1))
 
 
