@@ -24,6 +24,7 @@ import orjson
 import yaml
 
 from daemon.ids import CORRELATION_ID_PATTERN, new_correlation_id
+from daemon.names import bare_name_problem
 from daemon.units import parse_duration, parse_size
 
 __all__ = [
@@ -340,21 +341,15 @@ def load_job_document(data: bytes, suffix: str) -> Any:
 
 
 def validate_bare_name(value: Any, field: str) -> str:
-    """Un nombre de archivo simple: sin rutas, sin control, sin empezar por punto, ≤ 200 bytes."""
+    """Un nombre de archivo simple según ``daemon.names`` (las reglas que cumplen también los
+    nombres que propone un servidor): sin rutas, sin control ni bidi, sin punto inicial, ≤ 200 bytes."""
     if not isinstance(value, str):
         raise JobRejected(f"'{field}' must be a string, got {type(value).__name__}")
-    if (
-        not value
-        or value in (".", "..")
-        or "/" in value
-        or "\\" in value
-        or _CONTROL.search(value)
-        or value.startswith(".")
-        or len(value.encode("utf-8")) > 200
-    ):
+    problem = bare_name_problem(value)
+    if problem is not None:
         raise JobRejected(
-            f"'{field}' must be a bare file name (no '/', no leading '.', no control characters, "
-            f"at most 200 bytes), like clip.mp4; got {value[:80]!r}"
+            f"'{field}' must be a bare file name (no '/', no leading '.', no control, invisible or bidi "
+            f"characters, at most 200 bytes), like clip.mp4; got {value[:80]!r}: {problem}"
         )
     return value
 

@@ -1,6 +1,7 @@
 """Descargadores y ciclo de vida aislado de cada descarga."""
 
 from daemon.downloaders.base import (
+    BadResponse,
     ChecksumMismatch,
     ConnectionFailed,
     Downloader,
@@ -18,6 +19,7 @@ from daemon.downloaders.base import (
     ServerError,
     SizeLimitExceeded,
     StorageError,
+    TlsError,
     TooManyRedirects,
     TransientDownloadError,
     UnsupportedUrl,
@@ -31,6 +33,7 @@ from daemon.downloaders.download_lifecycle import (
 )
 
 __all__ = [
+    "BadResponse",
     "ChecksumMismatch",
     "ConnectionFailed",
     "DownloadError",
@@ -52,6 +55,7 @@ __all__ = [
     "ServerError",
     "SizeLimitExceeded",
     "StorageError",
+    "TlsError",
     "TooManyRedirects",
     "TransientDownloadError",
     "UnsupportedUrl",

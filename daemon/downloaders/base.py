@@ -1,7 +1,9 @@
 """Tipos base de los descargadores: opciones, resultado, protocolo y jerarquía de errores.
 
 Los errores separan lo transitorio (se reintenta con backoff) de lo permanente (falla al
-instante). Cada error lleva un ``kind`` corto y estable que va a los eventos y registros.
+instante). Cada error lleva un ``kind`` corto y estable que va a los eventos y registros; los
+``kind`` posibles son los de ``daemon.error_kinds.ERROR_KINDS`` y ninguno más (se comprueba al
+definir cada subclase).
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from daemon.error_kinds import ABSTRACT_KINDS, ERROR_KINDS
+
 __all__ = [
+    "BadResponse",
     "ChecksumMismatch",
     "ConnectionFailed",
     "DownloadError",
@@ -29,6 +34,7 @@ __all__ = [
     "ServerError",
     "SizeLimitExceeded",
     "StorageError",
+    "TlsError",
     "TooManyRedirects",
     "TransientDownloadError",
     "UnsupportedUrl",
@@ -90,6 +96,12 @@ class DownloadError(Exception):
     kind = "error"
     transient = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Un tipo nuevo sin su fila en la lista cerrada es un error de programación: se ve al importar.
+        if cls.kind not in ERROR_KINDS and cls.kind not in ABSTRACT_KINDS:
+            raise TypeError(f"{cls.__name__}.kind {cls.kind!r} is not in daemon.error_kinds.ERROR_KINDS")
+
     def __init__(self, message: str, *, retry_after: float | None = None, **details: Any) -> None:
         super().__init__(message)
         self.message = message
@@ -134,6 +146,18 @@ class ServerError(TransientDownloadError):
 
 class IncompleteBody(TransientDownloadError):
     kind = "incomplete_body"
+
+
+class BadResponse(PermanentDownloadError):
+    """El servidor rompe HTTP: cabeceras mal formadas o enormes, un Location que no es una URL..."""
+
+    kind = "bad_response"
+
+
+class TlsError(PermanentDownloadError):
+    """Fallo del apretón de manos TLS: certificado autofirmado, de otra CA, caducado o de otro host."""
+
+    kind = "tls"
 
 
 class HTTPClientError(PermanentDownloadError):
