@@ -26,6 +26,7 @@ __all__ = [
     "Downloader",
     "HTTPClientError",
     "IncompleteBody",
+    "InternalDownloadError",
     "InvalidUrl",
     "PermanentDownloadError",
     "PrivateAddressRefused",
@@ -56,6 +57,9 @@ class DownloadOptions:
     max_bytes: int = 10 * 1024**3
     timeout: float = 600.0
     headers: dict[str, str] = field(default_factory=dict)
+    # Nombres (de ``headers``) que también viajan a otro origen tras una redirección; el resto
+    # sólo va al origen de ``url``.
+    forward_headers: tuple[str, ...] = ()
     format: str | None = None
     playlist: bool = False
     allowed_schemes: tuple[str, ...] = ("http", "https")
@@ -198,3 +202,9 @@ class InvalidUrl(PermanentDownloadError):
     """La URL no se puede usar tal cual (el cliente HTTP la rechaza)."""
 
     kind = "invalid_url"
+
+
+class InternalDownloadError(PermanentDownloadError):
+    """Un fallo inesperado dentro del descargador (un error de programación): ``kind`` internal."""
+
+    kind = "internal"

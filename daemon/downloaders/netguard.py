@@ -4,13 +4,29 @@ Con ``allow_private_networks: false`` se rechaza toda dirección que no sea glob
 privadas, enlace local (incluida la de metadatos 169.254.169.254), CGNAT, multicast,
 reservadas, no especificadas y las IPv4 mapeadas en IPv6. La comprobación se hace sobre la
 dirección resuelta en el momento de conectar, en cada salto de redirección.
+
+En HTTPS, ``tls_context`` decide en qué certificados se confía: los del sistema y, si se da
+``download.ca_bundle``, además las CAs de ese archivo PEM.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import ssl
+from pathlib import Path
 
-__all__ = ["forbidden_reason"]
+__all__ = ["forbidden_reason", "tls_context"]
+
+
+def tls_context(ca_bundle: Path | None = None) -> ssl.SSLContext:
+    """Contexto TLS con verificación completa: CAs del sistema más las de ``ca_bundle`` (PEM).
+
+    Lanza ``ssl.SSLError`` u ``OSError`` si el archivo no existe o no tiene certificados PEM.
+    """
+    context = ssl.create_default_context()
+    if ca_bundle is not None:
+        context.load_verify_locations(cafile=str(ca_bundle))
+    return context
 
 
 def forbidden_reason(address: str) -> str | None:
