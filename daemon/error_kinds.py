@@ -24,7 +24,8 @@ class ErrorKind:
 
 _KINDS = (
     ErrorKind("http_status", None,
-              "the server answered with an HTTP status that is not a file (4xx, 5xx, 204, 304, ...)",
+              "the server answered with an HTTP status that is not a file (4xx, 5xx, 204, 304, ...); "
+              "408, 429 and 5xx are retried, the others are not",
               "check the URL in a browser; a 4xx is the server refusing (wrong URL, auth), a 5xx its fault "
               "(retried); a 204/304 means the server has no file to give at that URL"),
     ErrorKind("connection", True, "the server could not be reached, or the connection broke",
