@@ -571,6 +571,9 @@ def _validate_forward_headers(value: Any, headers: tuple[tuple[str, str], ...]) 
             raise JobRejected(
                 f"'forward_headers' names {name[:40]!r}, which is not in 'headers'; list only headers the job sets"
             )
+        if name.lower() in ("authorization", "cookie", "proxy-authorization"):
+            raise JobRejected(f"'forward_headers' cannot name {name!r}: credentials never follow a redirect to "
+                              "another origin; give the final URL instead")
         if given[name.lower()] not in chosen:
             chosen.append(given[name.lower()])
     return tuple(chosen)

@@ -282,7 +282,8 @@ class HttpDownloader:
             if validator:
                 resume = {"Range": f"bytes={offset}-", "If-Range": validator}
         job_origin = url.origin()
-        forward = {name.lower() for name in options.forward_headers}
+        # Las credenciales nunca pasan a otro origen, aunque se pidan en ``forward_headers``.
+        forward = {name.lower() for name in options.forward_headers} - set(_AUTH_HEADERS)
         for hop in range(options.max_redirects + 1):
             if url.origin() == job_origin:
                 headers = {**options.headers, **resume}
