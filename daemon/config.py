@@ -52,6 +52,7 @@ class DownloadSettings:
     max_bytes: int = 10 * 1024**3
     allowed_schemes: tuple[str, ...] = ("http", "https")
     allow_private_networks: bool = False
+    allowed_networks: tuple[str, ...] = ()
     max_redirects: int = 10
     progress_interval: float = 1.0
     ca_bundle: Path | None = None
@@ -151,6 +152,16 @@ def _optional_path(value: Any) -> Path | None:
     return _path(value)
 
 
+def _networks(value: Any) -> tuple[str, ...]:
+    from daemon.downloaders.netguard import parse_networks
+
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of networks like [10.1.2.0/24], got {value!r}")
+    return tuple(str(net) for net in parse_networks(value))
+
+
 def _positive_duration(value: Any) -> float:
     seconds = parse_duration(value)
     if seconds <= 0:
@@ -191,6 +202,9 @@ SCHEMA: tuple[SettingSpec, ...] = (
                 "URL schemes a job may use", _schemes),
     SettingSpec("download.allow_private_networks", "boolean", "false", True,
                 "allow loopback/private/link-local targets", _boolean),
+    SettingSpec("download.allowed_networks", "list of CIDR networks", "[]", True,
+                "private networks allowed even with allow_private_networks: false (e.g. [10.1.2.0/24]); "
+                "checked on every redirect hop", _networks),
     SettingSpec("download.max_redirects", "integer 0-50", "10", True, "redirect hops followed",
                 _int_between(0, 50)),
     SettingSpec("download.progress_interval", "duration", "1s", True, "least time between job.progress events",

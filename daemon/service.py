@@ -297,7 +297,8 @@ class Daemon:
             timeout=job.timeout or d.timeout, headers=dict(job.headers), forward_headers=job.forward_headers,
             format=job.format,
             playlist=job.playlist, allowed_schemes=d.allowed_schemes,
-            allow_private_networks=d.allow_private_networks, max_redirects=d.max_redirects,
+            allow_private_networks=d.allow_private_networks, allowed_networks=d.allowed_networks,
+            max_redirects=d.max_redirects,
         )
         retry = RetryPolicy(retries=job.retries if job.retries is not None else d.retries, backoff=d.backoff,
                             max_backoff=d.max_backoff)

@@ -64,6 +64,8 @@ class DownloadOptions:
     playlist: bool = False
     allowed_schemes: tuple[str, ...] = ("http", "https")
     allow_private_networks: bool = False
+    # Redes CIDR permitidas aunque no sean públicas (con ``allow_private_networks`` en False).
+    allowed_networks: tuple[str, ...] = ()
     max_redirects: int = 10
     correlation_id: str | None = None
 

@@ -59,7 +59,7 @@ from daemon.downloaders.base import (
     TlsError,
     TooManyRedirects,
 )
-from daemon.downloaders.netguard import forbidden_reason, tls_context
+from daemon.downloaders.netguard import IPNetwork, forbidden_reason, parse_networks, tls_context
 from daemon.events import redact
 from daemon.faultpoints import crash_point
 from daemon.names import safe_name
@@ -108,15 +108,21 @@ def filename_from_response(headers: Any, url: URL) -> str:
 
 
 class _GuardedConnector(aiohttp.TCPConnector):
-    """Conector que rechaza direcciones no públicas al resolver (también IPs literales)."""
+    """Conector que rechaza direcciones no públicas al resolver (también IPs literales), salvo
+    las de ``allowed`` (``download.allowed_networks``)."""
+
+    def __init__(self, *args: Any, allowed: tuple[IPNetwork, ...] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._allowed = allowed
 
     async def _resolve_host(self, host: str, port: int, traces: Sequence[Any] | None = None) -> list[Any]:
         results = await super()._resolve_host(host, port, traces=traces)
-        allowed = [r for r in results if forbidden_reason(r["host"]) is None]
+        allowed = [r for r in results if forbidden_reason(r["host"], self._allowed) is None]
         if not allowed:
-            reason = forbidden_reason(results[0]["host"]) if results else "no address"
+            reason = forbidden_reason(results[0]["host"], self._allowed) if results else "no address"
             raise PrivateAddressRefused(
-                f"refusing to connect to {host}: {reason}; set download.allow_private_networks: true to allow it",
+                f"refusing to connect to {host}: {reason}; set download.allow_private_networks: true "
+                "(or list its network in download.allowed_networks) to allow it",
                 host=host,
             )
         return allowed
@@ -190,14 +196,16 @@ class HttpDownloader:
         self.fsync = fsync
         self.user_agent = user_agent
         self._ssl = tls_context(ca_bundle)
-        self._sessions: dict[bool, aiohttp.ClientSession] = {}
+        self._sessions: dict[tuple[bool, tuple[str, ...]], aiohttp.ClientSession] = {}
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="http-sink")
 
-    def _session(self, allow_private: bool) -> aiohttp.ClientSession:
-        session = self._sessions.get(allow_private)
+    def _session(self, allow_private: bool, allowed_networks: tuple[str, ...] = ()) -> aiohttp.ClientSession:
+        key = (allow_private, () if allow_private else allowed_networks)
+        session = self._sessions.get(key)
         if session is None or session.closed:
-            connector_cls = aiohttp.TCPConnector if allow_private else _GuardedConnector
-            connector = connector_cls(limit=0, ttl_dns_cache=60, enable_cleanup_closed=False, ssl=self._ssl)
+            common: dict[str, Any] = {"limit": 0, "ttl_dns_cache": 60, "enable_cleanup_closed": False, "ssl": self._ssl}
+            connector = (aiohttp.TCPConnector(**common) if allow_private
+                         else _GuardedConnector(allowed=parse_networks(allowed_networks), **common))
             session = aiohttp.ClientSession(
                 connector=connector,
                 auto_decompress=False,
@@ -210,7 +218,7 @@ class HttpDownloader:
                 max_line_size=16384,
                 max_field_size=16384,
             )
-            self._sessions[allow_private] = session
+            self._sessions[key] = session
         return session
 
     async def close(self) -> None:
@@ -244,7 +252,7 @@ class HttpDownloader:
         meta = self._load_meta(meta_path, options.url)
         offset = part.stat().st_size if meta and part.exists() else 0
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(options.timeout, 30), sock_read=options.timeout)
-        session = self._session(options.allow_private_networks)
+        session = self._session(options.allow_private_networks, options.allowed_networks)
         restarted: str | None = None
         while True:
             response = await self._open(session, options, offset, meta, timeout)
