@@ -37,6 +37,7 @@ from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from daemon.downloaders.base import (
@@ -235,7 +236,7 @@ class HttpDownloader:
             return await self._download(options, progress)
         except DownloadError:
             raise
-        except (aiohttp.ClientPayloadError, aiohttp.ClientResponseError) as exc:
+        except (aiohttp.ClientPayloadError, aiohttp.ClientResponseError, HttpProcessingError) as exc:
             raise BadResponse(f"the server's response is not valid HTTP: {exc}") from None
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise ConnectionFailed(f"the connection failed: {exc}") from None
@@ -474,6 +475,7 @@ class HttpDownloader:
         buffered = 0
         pending: deque[asyncio.Future[None]] = deque()
         last_report = 0.0
+        watch = asyncio.create_task(_watch_parser(response), name="http-parser-watch")
         try:
             async for chunk in response.content.iter_any():
                 received += len(chunk)
@@ -494,6 +496,11 @@ class HttpDownloader:
                     if progress is not None and now - last_report >= 0.25:
                         last_report = now
                         progress(received, total)
+        except asyncio.CancelledError:
+            # Cancelado desde fuera (tope del intento, parada del daemon): lo ya recibido se
+            # guarda igualmente, para que el siguiente intento reanude desde ahí.
+            await self._drain(pending, sink, buffer, loop, writer)
+            raise
         except TimeoutError:
             # Primero: ServerTimeoutError de aiohttp también es un ClientError.
             await self._drain(pending, sink, buffer, loop, writer)
@@ -502,9 +509,14 @@ class HttpDownloader:
         except aiohttp.ClientPayloadError as exc:
             await self._drain(pending, sink, buffer, loop, writer)
             raise IncompleteBody(f"the connection ended early: {exc}", received=received) from None
+        except HttpProcessingError as exc:
+            # El analizador puro de aiohttp (sin extensiones C) deja salir su propio error.
+            raise BadResponse(f"the body is not valid HTTP: {exc.message}", received=received) from None
         except (aiohttp.ClientError, ConnectionError) as exc:
             await self._drain(pending, sink, buffer, loop, writer)
             raise ConnectionFailed(f"the connection failed mid-body: {exc}", received=received) from None
+        finally:
+            watch.cancel()
         while pending:
             await pending.popleft()
         if progress is not None:
@@ -561,6 +573,27 @@ class HttpDownloader:
         except (OSError, orjson.JSONDecodeError):
             return None
         return meta if isinstance(meta, dict) and meta.get("url") == url else None
+
+
+async def _watch_parser(response: aiohttp.ClientResponse, interval: float = 0.5) -> None:
+    """Despierta al lector del cuerpo si el analizador HTTP falló a mitad del cuerpo.
+
+    Con el analizador en C, un cuerpo mal formado (p. ej. un tamaño de trozo chunked inválido
+    tras unos bytes buenos) deja el error en el protocolo, no en el flujo del cuerpo, y quita el
+    timeout de lectura: ``iter_any()`` esperaría para siempre. Aquí se mira cada ``interval``
+    segundos y se entrega ese error al lector como ``bad_response``.
+    """
+    connection = response.connection
+    protocol = connection.protocol if connection is not None else None
+    if protocol is None:
+        return
+    while True:
+        await asyncio.sleep(interval)
+        failure = protocol.exception()
+        if isinstance(failure, HttpProcessingError):
+            response.content.set_exception(
+                BadResponse(f"the body is not valid HTTP: {failure.message}".strip()))
+            return
 
 
 def _retry_after(value: str | None) -> float | None:

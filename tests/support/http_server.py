@@ -8,6 +8,7 @@ Puede escuchar en otra dirección de loopback (``host="127.0.0.2"``: otro origen
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import re
@@ -77,10 +78,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             except (ssl.SSLError, OSError):  # el cliente no aceptó el certificado: nada que servir
                 self.close_connection = True
                 return
-        try:
+        # Si el cliente se va (o corta a propósito), no es un fallo del servidor.
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError, ssl.SSLError):
             super().handle()
-        except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
-            pass  # el cliente se fue (o cortó a propósito): no es un fallo del servidor
 
     def do_HEAD(self) -> None:
         self._serve(head=True)
