@@ -28,6 +28,7 @@ from daemon.error_kinds import ERROR_KINDS
 from daemon.names import bare_name_problem
 from tests.conftest import EventLog
 from tests.support import misbehaviours as mb
+from tests.support.daemon_proc import DaemonProcess
 from tests.support.http_server import TestServer
 
 OK = "ok"
@@ -329,3 +330,38 @@ def test_hostile_server(case: Case, scene: mb.Scene, tmp_path: Path, event_log: 
     assert not list(run.temp_root.glob("videonote_dl_*")), "temp dir left behind"
     if case.check is not None:
         case.check(run)
+
+
+def test_the_issue_reproductions_through_the_real_daemon(tmp_path: Path, scene: mb.Scene,
+                                                         tls_files: tuple[str, str]) -> None:
+    """Los cuatro hallazgos del issue, con el daemon real (subproceso, spool, registros, eventos),
+    más download.ca_bundle: lo publicado, el kind del registro y el del evento ``job.failed``."""
+    jobs = {
+        "splice": {"url": mb.if_range_ignored_new_etag(scene)},
+        "leak": {"url": mb.redirect_cross_origin(scene), "headers": {"X-Api-Key": "S", "X-Trace": "t-1"},
+                 "forward_headers": ["X-Trace"]},
+        "to-file": {"url": mb.redirect_file(scene)},
+        "bidi": {"url": mb.name_bidi(scene)},
+        "own-ca": {"url": mb.tls_server(scene)},
+        "wrong-host": {"url": mb.tls_wrong_host_name(scene)},
+    }
+    expected_ok = {"splice": ("new-etag.bin", mb.V2), "leak": ("elsewhere.bin", mb.V1),
+                   "bidi": ("evil_gpj.exe", mb.V1[:1000]), "own-ca": ("secure.bin", mb.V1)}
+    expected_failed = {"to-file": "scheme_not_allowed", "wrong-host": "tls"}
+    with DaemonProcess(tmp_path / "d", download={"ca_bundle": tls_files[0], "retries": 2}) as daemon:
+        for job_id, job in jobs.items():
+            daemon.drop_job({"id": job_id, **job})
+        records = {job_id: daemon.wait_record(job_id) for job_id in jobs}
+        for job_id, (name, data) in expected_ok.items():
+            folder, record = records[job_id]
+            assert folder == "done", record
+            assert Path(record["path"]).name == name and Path(record["path"]).read_bytes() == data
+        for job_id, kind in expected_failed.items():
+            folder, record = records[job_id]
+            assert folder == "failed" and record["error"]["kind"] == kind, record
+            (event,) = daemon.events(job_id, "job.failed")
+            assert event["error"]["kind"] == kind
+        assert "file:" in records["to-file"][1]["error"]["message"]
+        assert sorted(p.name for p in daemon.output.iterdir()) == sorted(name for name, _ in expected_ok.values())
+    (leaked,) = scene.other.requests_for("/x/elsewhere.bin")
+    assert "X-Api-Key" not in leaked.headers and leaked.headers.get("X-Trace") == "t-1"
