@@ -85,6 +85,13 @@ def _resumed(run: Run) -> None:
     assert run.task.result.extra.get("restarted") is None
 
 
+def _resumed_at_cdn(run: Run) -> None:
+    _resumed(run)
+    first, second = run.requests("/cdn/file.bin", "other")
+    assert "Range" not in first.headers and second.headers.get("Range", "").startswith("bytes=")
+    assert not {k for k in JOB_HEADERS if k in second.headers} - {"X-Trace"}
+
+
 def _ranges(path: str, expected: list[bool]) -> Check:
     def check(run: Run) -> None:
         assert [("Range" in r.headers) for r in run.requests(path)] == expected
@@ -155,6 +162,7 @@ HEADERS = {"headers": JOB_HEADERS, "forward_headers": ("X-Trace", "Authorization
 CASES: list[Case] = [
     # --- rangos: nunca un empalme ---
     Case("resume_control", OK, mb.V1, attempts=2, check=_resumed),
+    Case("resume_behind_cross_origin_redirect", OK, mb.V1, attempts=2, options=HEADERS, check=_resumed_at_cdn),
     Case("if_range_ignored_new_etag", OK, mb.V2, attempts=2, check=_restarted("ETag changed")),
     Case("if_range_ignored_new_last_modified", OK, mb.V2, attempts=2, check=_restarted("Last-Modified")),
     Case("range_206_wrong_start", OK, mb.V1, attempts=2, check=_restarted("starts at byte 1000")),

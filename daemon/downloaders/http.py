@@ -242,7 +242,11 @@ class HttpDownloader:
             raise ConnectionFailed(f"the connection failed: {exc}") from None
         except ssl.SSLError as exc:
             raise TlsError(f"TLS failed: {exc}") from None
-        except (OSError, ValueError, UnicodeError, LookupError) as exc:
+        except OSError as exc:
+            # Los fallos de red ya salieron traducidos: lo que queda es el disco local.
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise StorageError(f"storage error: {exc.strerror or exc}{where}", errno=exc.errno) from None
+        except (ValueError, UnicodeError, LookupError) as exc:
             # Red de seguridad: nada sale de aquí sin un ``kind`` de la lista cerrada.
             raise InternalDownloadError(f"{type(exc).__name__}: {exc}") from exc
 
@@ -298,8 +302,9 @@ class HttpDownloader:
                 headers = {**options.headers, **resume}
             else:
                 # Las cabeceras del trabajo son para su origen: a otro sólo van las que el
-                # trabajo deja pasar (``forward_headers``), y nunca el Range de nuestra parte local.
-                headers = {k: v for k, v in options.headers.items() if k.lower() in forward}
+                # trabajo deja pasar (``forward_headers``). Range/If-Range son nuestras y no
+                # son secretas: siguen al archivo (p. ej. a su CDN) para poder reanudar allí.
+                headers = {k: v for k, v in options.headers.items() if k.lower() in forward} | resume
             response = await self._request(session, url, headers, timeout, options)
             if response.status in _REDIRECTS and "Location" in response.headers:
                 location = response.headers["Location"]

@@ -88,6 +88,13 @@ def _etag(data: bytes) -> str:
     return '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
 
 
+def resume_behind_cross_origin_redirect(scene: Scene) -> str:
+    """El archivo vive en otro origen (un CDN): el reintento reanuda allí, sin las cabeceras del trabajo."""
+    scene.other.add("/cdn/file.bin", Behavior(data=V1, reset_after=CUT, reset_times=1, rate=8 * 1024 * 1024,
+                                              chunk=16 * 1024))
+    return _redirect(scene, "/r/to-cdn", scene.other.url("/cdn/file.bin"))
+
+
 def resume_control(scene: Scene) -> str:
     return _resumable(scene, "/r/control.bin", lambda b, h, hit: False)
 
