@@ -5,13 +5,16 @@ API pública del plan: ``TempManager``, ``IsolatedDownload``, ``DownloadLifecycl
 """
 
 from daemon.config import ConfigError, Settings, load_settings
+from daemon.error_kinds import ERROR_KINDS, ErrorKind
 from daemon.ids import InvalidCorrelationId, new_correlation_id, validate_correlation_id
 from daemon.temp_manager import TempManager
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ERROR_KINDS",
     "ConfigError",
+    "ErrorKind",
     "InvalidCorrelationId",
     "Settings",
     "TempManager",

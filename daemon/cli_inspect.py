@@ -11,29 +11,16 @@ import orjson
 import yaml
 
 from daemon.config import Settings
+from daemon.error_kinds import ERROR_KINDS, fix_hint
 from daemon.event_reader import EventFilter, format_event, read_events
 from daemon.progress_view import find_outcome
 from daemon.units import format_size, parse_duration
 
 __all__ = ["FIX_HINTS", "cmd_events", "cmd_retry", "cmd_show", "parse_since"]
 
-# Qué hacer ante cada clase de error (la clave es ``error.kind`` del registro).
-FIX_HINTS: dict[str, str] = {
-    "http_status": "check the URL in a browser; a 4xx is the server refusing (wrong URL, auth), a 5xx its fault",
-    "connection": "the server could not be reached; check the host, DNS and the network, then retry",
-    "timeout": "the server stalled; raise the job's timeout or download.timeout, then retry",
-    "incomplete_body": "the server kept cutting the transfer; retry later or raise retries",
-    "checksum_mismatch": "the file differs from the sha256 in the job; check the expected hash or the source",
-    "too_large": "the file is over max_bytes; raise the job's max_bytes (capped by download.max_bytes)",
-    "scheme_not_allowed": "use an http:// or https:// URL (download.allowed_schemes)",
-    "private_address": "the URL resolves to a private/loopback address; allowed only with "
-                       "download.allow_private_networks: true",
-    "too_many_redirects": "the server redirects in a loop; fix the URL",
-    "storage": "the disk is full or not writable; free space or fix permissions of temp_dir/output_dir",
-    "invalid_url": "the URL is malformed; fix it (percent-encode special characters) and submit again",
-    "unsupported_url": "yt-dlp has no extractor for this page; use downloader: http for a direct file URL",
-    "cancelled": "the job was cancelled on request; `videonote-dl retry ID` runs it again",
-}
+# Qué hacer ante cada clase de error (la clave es ``error.kind`` del registro): sale de la lista
+# cerrada de daemon/error_kinds.py, así que cada tipo tiene su pista.
+FIX_HINTS: dict[str, str] = {name: kind.fix for name, kind in ERROR_KINDS.items()}
 
 
 def parse_since(value: str | None) -> datetime | None:
@@ -99,9 +86,7 @@ def cmd_show(settings: Settings, job_id: str) -> int:
         error = data.get("error")
         if error:
             print(f"  error:    {error.get('message')} (kind {error.get('kind')})")
-            hint = FIX_HINTS.get(str(error.get("kind")))
-            if hint:
-                print(f"  to fix:   {hint}")
+            print(f"  to fix:   {fix_hint(str(error.get('kind')))}")
             if folder == "failed":
                 print(f"  retry:    videonote-dl retry {job_id}")
         print(f"  record:   {settings.spool_dir / folder / (job_id + '.json')}" if folder != "rejected" else "")

@@ -52,8 +52,10 @@ class DownloadSettings:
     max_bytes: int = 10 * 1024**3
     allowed_schemes: tuple[str, ...] = ("http", "https")
     allow_private_networks: bool = False
+    allowed_networks: tuple[str, ...] = ()
     max_redirects: int = 10
     progress_interval: float = 1.0
+    ca_bundle: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +146,22 @@ def _schemes(value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(s.lower() for s in value))
 
 
+def _optional_path(value: Any) -> Path | None:
+    if value is None or value == "":
+        return None
+    return _path(value)
+
+
+def _networks(value: Any) -> tuple[str, ...]:
+    from daemon.downloaders.netguard import parse_networks
+
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of networks like [10.1.2.0/24], got {value!r}")
+    return tuple(str(net) for net in parse_networks(value))
+
+
 def _positive_duration(value: Any) -> float:
     seconds = parse_duration(value)
     if seconds <= 0:
@@ -184,10 +202,16 @@ SCHEMA: tuple[SettingSpec, ...] = (
                 "URL schemes a job may use", _schemes),
     SettingSpec("download.allow_private_networks", "boolean", "false", True,
                 "allow loopback/private/link-local targets", _boolean),
+    SettingSpec("download.allowed_networks", "list of CIDR networks", "[]", True,
+                "private networks allowed even with allow_private_networks: false (e.g. [10.1.2.0/24]); "
+                "checked on every redirect hop", _networks),
     SettingSpec("download.max_redirects", "integer 0-50", "10", True, "redirect hops followed",
                 _int_between(0, 50)),
     SettingSpec("download.progress_interval", "duration", "1s", True, "least time between job.progress events",
                 _positive_duration),
+    SettingSpec("download.ca_bundle", "path or empty", "\"\"", False,
+                "PEM file of extra CA certificates trusted for https:// (on top of the system's), e.g. your "
+                "own CA; checked at start-up", _optional_path),
     SettingSpec("reaper.interval", "duration", "10m", True, "time between reaper passes", _positive_duration),
     SettingSpec("reaper.max_age", "duration", "1h", True, "age after which an unlocked temp dir is stale",
                 parse_duration),
@@ -210,11 +234,13 @@ def default_settings(base_dir: Path | None = None) -> Settings:
 
 
 def _resolve_paths(settings: Settings, base_dir: Path) -> Settings:
-    resolved = {
+    resolved: dict[str, Any] = {
         spec.key: (base_dir / getattr(settings, spec.key)).resolve()
         for spec in SCHEMA
         if spec.kind == "path"
     }
+    if settings.download.ca_bundle is not None:
+        resolved["download"] = replace(settings.download, ca_bundle=(base_dir / settings.download.ca_bundle).resolve())
     return replace(settings, **resolved)
 
 
@@ -240,7 +266,26 @@ def load_settings(path: Path | str | None = None) -> Settings:
     if not isinstance(document, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys like max_concurrent: 4")
     settings = _apply(document, path)
-    return replace(_resolve_paths(settings, path.parent), source=path)
+    settings = replace(_resolve_paths(settings, path.parent), source=path)
+    _check_ca_bundle(settings, path)
+    return settings
+
+
+def _check_ca_bundle(settings: Settings, path: Path) -> None:
+    """``download.ca_bundle`` debe poder cargarse ya: mejor un error al arrancar que en cada descarga."""
+    from daemon.downloaders.netguard import tls_context
+
+    bundle = settings.download.ca_bundle
+    if bundle is None:
+        return
+    try:
+        tls_context(bundle)
+    except (OSError, ValueError) as exc:  # ssl.SSLError es un OSError
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(
+            f"{path}: bad value for 'download.ca_bundle': cannot load {bundle} as PEM CA certificates "
+            f"({reason}); give a PEM file with one or more -----BEGIN CERTIFICATE----- blocks"
+        ) from None
 
 
 def _apply(document: Mapping[str, Any], path: Path) -> Settings:

@@ -24,6 +24,7 @@ import orjson
 import yaml
 
 from daemon.ids import CORRELATION_ID_PATTERN, new_correlation_id
+from daemon.names import bare_name_problem
 from daemon.units import parse_duration, parse_size
 
 __all__ = [
@@ -45,7 +46,7 @@ JOB_SUFFIXES = (".yaml", ".yml", ".json")
 DOWNLOADERS = ("auto", "http", "ytdlp")
 JOB_FIELDS = (
     "url", "id", "downloader", "filename", "output_dir", "sha256", "max_bytes", "timeout",
-    "retries", "format", "priority", "playlist", "headers",
+    "retries", "format", "priority", "playlist", "headers", "forward_headers",
 )
 # Caracteres que no deben llegar a nombres, URLs ni registros: control C0/C1, separadores de
 # línea y párrafo Unicode, controles de dirección bidi (nombres que engañan a la vista) y
@@ -107,6 +108,7 @@ class JobSpec:
     priority: int = 0
     playlist: bool = False
     headers: tuple[tuple[str, str], ...] = ()
+    forward_headers: tuple[str, ...] = ()
     id_source: str = "explicit"  # explicit | stem | generated
     file_sha256: str = ""
 
@@ -125,6 +127,8 @@ class JobSpec:
             record["playlist"] = True
         if self.headers:
             record["headers"] = sorted(name for name, _ in self.headers)
+        if self.forward_headers:
+            record["forward_headers"] = list(self.forward_headers)
         return record
 
 
@@ -340,21 +344,15 @@ def load_job_document(data: bytes, suffix: str) -> Any:
 
 
 def validate_bare_name(value: Any, field: str) -> str:
-    """Un nombre de archivo simple: sin rutas, sin control, sin empezar por punto, ≤ 200 bytes."""
+    """Un nombre de archivo simple según ``daemon.names`` (las reglas que cumplen también los
+    nombres que propone un servidor): sin rutas, sin control ni bidi, sin punto inicial, ≤ 200 bytes."""
     if not isinstance(value, str):
         raise JobRejected(f"'{field}' must be a string, got {type(value).__name__}")
-    if (
-        not value
-        or value in (".", "..")
-        or "/" in value
-        or "\\" in value
-        or _CONTROL.search(value)
-        or value.startswith(".")
-        or len(value.encode("utf-8")) > 200
-    ):
+    problem = bare_name_problem(value)
+    if problem is not None:
         raise JobRejected(
-            f"'{field}' must be a bare file name (no '/', no leading '.', no control characters, "
-            f"at most 200 bytes), like clip.mp4; got {value[:80]!r}"
+            f"'{field}' must be a bare file name (no '/', no leading '.', no control, invisible or bidi "
+            f"characters, at most 200 bytes), like clip.mp4; got {value[:80]!r}: {problem}"
         )
     return value
 
@@ -557,4 +555,26 @@ def _validate_optional_fields(document: dict[Any, Any], fields: dict[str, Any], 
         fields["playlist"] = document["playlist"]
     if "headers" in document:
         fields["headers"] = _validate_headers(document["headers"])
+    if "forward_headers" in document:
+        fields["forward_headers"] = _validate_forward_headers(document["forward_headers"], fields.get("headers", ()))
+
+
+def _validate_forward_headers(value: Any, headers: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+    """Cabeceras del trabajo que también pueden ir a otro origen tras una redirección: nombres de
+    ``headers``, escritos en una lista (sin ellas, las cabeceras sólo van al origen de ``url``)."""
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise JobRejected("'forward_headers' must be a list of header names from 'headers', like [X-Trace-Id]")
+    given = {name.lower(): name for name, _ in headers}
+    chosen: list[str] = []
+    for name in value:
+        if name.lower() not in given:
+            raise JobRejected(
+                f"'forward_headers' names {name[:40]!r}, which is not in 'headers'; list only headers the job sets"
+            )
+        if name.lower() in ("authorization", "cookie", "proxy-authorization"):
+            raise JobRejected(f"'forward_headers' cannot name {name!r}: credentials never follow a redirect to "
+                              "another origin; give the final URL instead")
+        if given[name.lower()] not in chosen:
+            chosen.append(given[name.lower()])
+    return tuple(chosen)
 

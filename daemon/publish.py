@@ -162,7 +162,8 @@ def _link_and_sync(source: str, source_dir_fd: int | None, dir_fd: int, dir_path
                     os.unlink(candidate, dir_fd=dir_fd)
                 raise
         return PublishedFile(dir_path / candidate, renamed=candidate != filename)
-    raise PermanentDownloadError(f"no free name for {filename!r} in {dir_path}; clean up the output folder")
+    raise StorageError(f"no free name for {filename!r} in {dir_path}; clean up the output folder",
+                       errno=errno.EEXIST)
 
 
 def _open_staging(output_root: Path) -> int:

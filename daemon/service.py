@@ -85,7 +85,7 @@ class Daemon:
         _log.info("daemon.starting", version=__version__, pid=os.getpid(), instance=self.spool.instance,
                   config=str(s.source) if s.source else "(embedded defaults)", spool=str(s.spool_dir))
         self._install_signals()
-        self._downloaders = {"http": HttpDownloader()}
+        self._downloaders = {"http": HttpDownloader(ca_bundle=s.download.ca_bundle)}
         self._add_ytdlp()
         self.manager = DownloadManager(
             self._downloaders, s.output_dir, max_concurrent=s.max_concurrent, temp_root=s.temp_dir,
@@ -302,9 +302,11 @@ class Daemon:
         options = DownloadOptions(
             url=job.url, filename=job.filename, sha256=job.sha256,
             max_bytes=min(job.max_bytes or d.max_bytes, d.max_bytes),
-            timeout=job.timeout or d.timeout, headers=dict(job.headers), format=job.format,
+            timeout=job.timeout or d.timeout, headers=dict(job.headers), forward_headers=job.forward_headers,
+            format=job.format,
             playlist=job.playlist, allowed_schemes=d.allowed_schemes,
-            allow_private_networks=d.allow_private_networks, max_redirects=d.max_redirects,
+            allow_private_networks=d.allow_private_networks, allowed_networks=d.allowed_networks,
+            max_redirects=d.max_redirects,
         )
         retry = RetryPolicy(retries=job.retries if job.retries is not None else d.retries, backoff=d.backoff,
                             max_backoff=d.max_backoff)

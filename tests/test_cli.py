@@ -6,12 +6,17 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import orjson
 import pexpect
 import pytest
 
+from daemon.cli_inspect import cmd_show
+from daemon.config import default_settings
 from daemon.config_reference import render_config_reference
+from daemon.error_kinds import ERROR_KINDS
 from tests.support.daemon_proc import DaemonProcess, wait_until
 from tests.support.http_server import Behavior, TestServer
 
@@ -157,3 +162,20 @@ def test_help_exits_zero(args: list[str]) -> None:
 
 def test_usage_error_exit_code_is_2() -> None:
     assert subprocess.run([sys.executable, "-m", "daemon", "frobnicate"], capture_output=True).returncode == 2
+
+
+@pytest.mark.parametrize("kind", [*ERROR_KINDS, "kind_from_the_future"])
+def test_show_prints_a_fix_for_every_error_kind(tmp_path: Path, kind: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Un registro fallido de cada tipo de la lista cerrada: ``show`` imprime su pista (y una
+    genérica para un tipo que esta versión no conoce, en vez de callarse)."""
+    settings = replace(default_settings(tmp_path), spool_dir=tmp_path / "spool", event_log=tmp_path / "events.jsonl")
+    (settings.spool_dir / "failed").mkdir(parents=True)
+    record = {"outcome": "failed", "job": {"id": "k-1", "url": "https://example.org/x"}, "attempts": 1,
+              "error": {"kind": kind, "message": "it broke", "transient": False}}
+    (settings.spool_dir / "failed" / "k-1.json").write_bytes(orjson.dumps(record))
+    assert cmd_show(settings, "k-1") == 0
+    out = capsys.readouterr().out
+    assert f"(kind {kind})" in out
+    fix = ERROR_KINDS[kind].fix if kind in ERROR_KINDS else "unknown error kind 'kind_from_the_future'"
+    assert f"  to fix:   {fix}" in out

@@ -190,6 +190,10 @@ def test_unknown_keys_are_refused_naming_key_file_and_allowed(
         ("download:\n  allowed_schemes: https\n", "download.allowed_schemes", "list"),
         ("download:\n  allow_private_networks: yes please\n", "download.allow_private_networks", "true or false"),
         ("ytdlp:\n  enabled: 1\n", "ytdlp.enabled", "true or false"),
+        ("download:\n  allowed_networks: [10.1.2.0/33]\n", "download.allowed_networks", "CIDR"),
+        ("download:\n  allowed_networks: 10.0.0.0/8\n", "download.allowed_networks", "list of networks"),
+        ("download:\n  ca_bundle: no-such-ca.pem\n", "download.ca_bundle", "PEM"),
+        ("download:\n  ca_bundle: config.yaml\n", "download.ca_bundle", "PEM"),
         ("reaper:\n  interval: 0\n", "reaper.interval", "above zero"),
     ],
 )
@@ -296,3 +300,16 @@ def test_every_path_key_requires_a_restart() -> None:
     for spec in SCHEMA:
         if spec.kind == "path":
             assert spec.live is False, spec.key
+
+
+def test_ca_bundle_resolves_against_the_config_folder_and_loads(tmp_path: Path) -> None:
+    """Un PEM de verdad (hecho con openssl) junto al config: la ruta relativa se resuelve ahí."""
+    import subprocess
+
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(tmp_path / "ca.key"), "-out", str(tmp_path / "ca.pem"), "-days", "1",
+                    "-subj", "/CN=test CA"], check=True, capture_output=True, timeout=60)
+    settings = load_settings(_write(tmp_path, "download:\n  ca_bundle: ca.pem\n  allowed_networks: [10.1.2.3/24]\n"))
+    assert settings.download.ca_bundle == tmp_path / "ca.pem"
+    assert settings.download.allowed_networks == ("10.1.2.0/24",)
+    assert load_settings(_write(tmp_path, "download:\n  ca_bundle: ''\n")).download.ca_bundle is None

@@ -1,6 +1,7 @@
 """Descargadores y ciclo de vida aislado de cada descarga."""
 
 from daemon.downloaders.base import (
+    BadResponse,
     ChecksumMismatch,
     ConnectionFailed,
     Downloader,
@@ -10,6 +11,7 @@ from daemon.downloaders.base import (
     DownloadTimeout,
     HTTPClientError,
     IncompleteBody,
+    InternalDownloadError,
     InvalidUrl,
     PermanentDownloadError,
     PrivateAddressRefused,
@@ -18,6 +20,7 @@ from daemon.downloaders.base import (
     ServerError,
     SizeLimitExceeded,
     StorageError,
+    TlsError,
     TooManyRedirects,
     TransientDownloadError,
     UnsupportedUrl,
@@ -31,6 +34,7 @@ from daemon.downloaders.download_lifecycle import (
 )
 
 __all__ = [
+    "BadResponse",
     "ChecksumMismatch",
     "ConnectionFailed",
     "DownloadError",
@@ -41,6 +45,7 @@ __all__ = [
     "Downloader",
     "HTTPClientError",
     "IncompleteBody",
+    "InternalDownloadError",
     "InvalidUrl",
     "IsolatedDownload",
     "LifecycleRecord",
@@ -52,6 +57,7 @@ __all__ = [
     "ServerError",
     "SizeLimitExceeded",
     "StorageError",
+    "TlsError",
     "TooManyRedirects",
     "TransientDownloadError",
     "UnsupportedUrl",

@@ -1,7 +1,9 @@
 """Tipos base de los descargadores: opciones, resultado, protocolo y jerarquía de errores.
 
 Los errores separan lo transitorio (se reintenta con backoff) de lo permanente (falla al
-instante). Cada error lleva un ``kind`` corto y estable que va a los eventos y registros.
+instante). Cada error lleva un ``kind`` corto y estable que va a los eventos y registros; los
+``kind`` posibles son los de ``daemon.error_kinds.ERROR_KINDS`` y ninguno más (se comprueba al
+definir cada subclase).
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from daemon.error_kinds import ABSTRACT_KINDS, ERROR_KINDS
+
 __all__ = [
+    "BadResponse",
     "ChecksumMismatch",
     "ConnectionFailed",
     "DownloadError",
@@ -22,6 +27,7 @@ __all__ = [
     "Downloader",
     "HTTPClientError",
     "IncompleteBody",
+    "InternalDownloadError",
     "InvalidUrl",
     "PermanentDownloadError",
     "PrivateAddressRefused",
@@ -30,6 +36,7 @@ __all__ = [
     "ServerError",
     "SizeLimitExceeded",
     "StorageError",
+    "TlsError",
     "TooManyRedirects",
     "TransientDownloadError",
     "UnsupportedUrl",
@@ -52,10 +59,15 @@ class DownloadOptions:
     max_bytes: int = 10 * 1024**3
     timeout: float = 600.0
     headers: dict[str, str] = field(default_factory=dict)
+    # Nombres (de ``headers``) que también viajan a otro origen tras una redirección; el resto
+    # sólo va al origen de ``url``.
+    forward_headers: tuple[str, ...] = ()
     format: str | None = None
     playlist: bool = False
     allowed_schemes: tuple[str, ...] = ("http", "https")
     allow_private_networks: bool = False
+    # Redes CIDR permitidas aunque no sean públicas (con ``allow_private_networks`` en False).
+    allowed_networks: tuple[str, ...] = ()
     max_redirects: int = 10
     correlation_id: str | None = None
 
@@ -91,6 +103,12 @@ class DownloadError(Exception):
 
     kind = "error"
     transient = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Un tipo nuevo sin su fila en la lista cerrada es un error de programación: se ve al importar.
+        if cls.kind not in ERROR_KINDS and cls.kind not in ABSTRACT_KINDS:
+            raise TypeError(f"{cls.__name__}.kind {cls.kind!r} is not in daemon.error_kinds.ERROR_KINDS")
 
     def __init__(self, message: str, *, retry_after: float | None = None, **details: Any) -> None:
         super().__init__(message)
@@ -136,6 +154,18 @@ class ServerError(TransientDownloadError):
 
 class IncompleteBody(TransientDownloadError):
     kind = "incomplete_body"
+
+
+class BadResponse(PermanentDownloadError):
+    """El servidor rompe HTTP: cabeceras mal formadas o enormes, un Location que no es una URL..."""
+
+    kind = "bad_response"
+
+
+class TlsError(PermanentDownloadError):
+    """Fallo del apretón de manos TLS: certificado autofirmado, de otra CA, caducado o de otro host."""
+
+    kind = "tls"
 
 
 class HTTPClientError(PermanentDownloadError):
@@ -194,3 +224,9 @@ def error_record(exc: BaseException) -> dict[str, Any]:
         where = f" ({exc.filename})" if exc.filename else ""
         return StorageError(f"storage error: {exc.strerror}{where}", errno=exc.errno).to_record()
     return {"kind": "internal", "message": f"{type(exc).__name__}: {exc}", "transient": False}
+
+
+class InternalDownloadError(PermanentDownloadError):
+    """Un fallo inesperado dentro del descargador (un error de programación): ``kind`` internal."""
+
+    kind = "internal"

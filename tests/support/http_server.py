@@ -2,14 +2,18 @@
 
 Sirve contenido registrado con soporte de Range/If-Range/ETag y registra cada petición
 (método, ruta, cabeceras) para que las pruebas comprueben, por ejemplo, que hubo un Range.
+Puede escuchar en otra dirección de loopback (``host="127.0.0.2"``: otro origen) y con TLS
+(``tls=(cert, key)``). Los servidores que rompen HTTP a propósito están en misbehaviours.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +49,9 @@ class Behavior:
     extra_bytes: int = 0  # enviar más bytes que Content-Length
     no_content_length: bool = False
     ignore_range: bool = False
+    ignore_if_range: bool = False  # atender Range aunque If-Range no coincida (servidor roto)
+    no_etag: bool = False
+    last_modified: str | None = None
     stall: float = 0.0  # dormir antes de responder
     redirect_to: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
@@ -63,6 +70,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # silencio en las pruebas
         pass
+
+    def handle(self) -> None:
+        if isinstance(self.connection, ssl.SSLSocket):
+            try:
+                self.connection.do_handshake()
+            except (ssl.SSLError, OSError):  # el cliente no aceptó el certificado: nada que servir
+                self.close_connection = True
+                return
+        # Si el cliente se va (o corta a propósito), no es un fallo del servidor.
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError, ssl.SSLError):
+            super().handle()
 
     def do_HEAD(self) -> None:
         self._serve(head=True)
@@ -112,10 +130,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _send_body(self, behavior: Behavior, head: bool, hit: int) -> None:
         data = behavior.data
         etag = behavior.etag or '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
+        validator = behavior.last_modified if behavior.no_etag else etag
         start, status = 0, 200
         range_header = self.headers.get("Range")
         if_range = self.headers.get("If-Range")
-        if range_header and not behavior.ignore_range and (if_range is None or if_range == etag):
+        if range_header and not behavior.ignore_range and (
+                if_range is None or if_range == validator or behavior.ignore_if_range):
             match = re.fullmatch(r"bytes=(\d+)-", range_header.strip())
             if match and int(match.group(1)) < len(data):
                 start, status = int(match.group(1)), 206
@@ -123,7 +143,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         short_by = behavior.short_by if behavior.short_times is None or hit <= behavior.short_times else 0
         self.send_response(status)
         self.send_header("Content-Type", behavior.content_type)
-        self.send_header("ETag", etag)
+        if not behavior.no_etag:
+            self.send_header("ETag", etag)
+        if behavior.last_modified:
+            self.send_header("Last-Modified", behavior.last_modified)
         self.send_header("Accept-Ranges", "bytes")
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
@@ -183,12 +206,21 @@ class TestServer:
 
     __test__ = False  # que pytest no lo tome por una clase de pruebas
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", tls: tuple[str, str] | None = None) -> None:
         self.routes: dict[str, Behavior] = {}
         self.requests: list[RecordedRequest] = []
         self.lock = threading.Lock()
+        self.host = host
+        self.scheme = "https" if tls else "http"
         self._httpd = _Server((host, 0), _Handler)
         self._httpd.owner = self
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            # El apretón de manos se hace en el hilo de cada conexión, no en el que acepta: un
+            # cliente que aborta (certificado no aceptado) no frena al servidor.
+            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True,
+                                                     do_handshake_on_connect=False)
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
 
@@ -197,7 +229,7 @@ class TestServer:
         return self._httpd.server_address[1]
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://{self.host}:{self.port}{path}"
 
     def add(self, path: str, behavior: Behavior | None = None, **kwargs: Any) -> str:
         """Registra una ruta y devuelve su URL completa."""
