@@ -26,7 +26,7 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_CONFIG, "config error: the file is missing or invalid, or it forbids what was asked (`demo`)"),
     (EXIT_NOT_RUNNING, "the daemon is not running (`status`, `demo`)"),
     (EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
-    (EXIT_PIPE, "the output was closed early (`show X | head`): stops quietly"),
+    (EXIT_PIPE, "the output was closed early (e.g. `show X` piped into `head`): stops quietly, no traceback"),
 )
 
 

@@ -16,6 +16,7 @@ from daemon.config import (
     SCHEMA,
     ConfigError,
     DownloadSettings,
+    MetricsSettings,
     ReaperSettings,
     Settings,
     YtdlpSettings,
@@ -26,7 +27,8 @@ from daemon.config import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-_SECTIONS = {"download": DownloadSettings, "reaper": ReaperSettings, "ytdlp": YtdlpSettings}
+_SECTIONS = {"download": DownloadSettings, "reaper": ReaperSettings, "ytdlp": YtdlpSettings,
+             "metrics": MetricsSettings}
 
 
 def _write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
