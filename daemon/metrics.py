@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
 
 from daemon.events import event_log_write_errors
 
@@ -51,6 +51,8 @@ METRIC_NAMES: tuple[str, ...] = (
     "videonote_dl_event_log_write_errors_total",
 )
 
+# El formato de texto clásico: lo entiende todo Prometheus 2.x (nuestros nombres no necesitan el 1.0.0).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, float("inf"))
 
 
@@ -275,9 +277,13 @@ class MetricsServer:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+            target = parse_listen(self.listen)
+            if isinstance(target, Path):
+                with contextlib.suppress(OSError):
+                    target.unlink()  # aiohttp no retira el socket unix
 
     async def _serve_metrics(self, _request: web.Request) -> web.Response:
-        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     async def _serve_index(self, _request: web.Request) -> web.Response:
         return web.Response(text="videonote-dl: Prometheus metrics at /metrics\n")
