@@ -232,3 +232,9 @@ def test_first_sigint_says_what_it_waits_for_and_the_second_stops_now(tmp_path: 
             assert (daemon.spool / "incoming" / "h-1.yaml").exists()
     finally:
         hold.set()
+
+
+def test_bash_completion_knows_every_command() -> None:
+    text = (REPO / "systemd" / "videonote-dl.bash-completion").read_text()
+    listed = set(re.search(r'local commands="([^"]+)"', text).group(1).split())  # type: ignore[union-attr]
+    assert listed == set(_subparsers())
