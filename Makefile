@@ -6,16 +6,24 @@ STAMP  := $(VENV)/.installed
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: run test lint bench bench-smoke install clean
+.PHONY: run demo test lint bench bench-smoke install clean
 
+# Silencioso: una línea al preparar el venv; los avisos de empaquetado propios están corregidos
+# en pyproject.toml (licencia SPDX, .pth estático), así que `make run` no los repite.
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
-	touch $(STAMP)
+	@echo "setting up $(VENV) (pip install -e '.[test]'; once, or when pyproject.toml changes)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
 
+# La orden `run` escribe al arrancar una línea con el spool, el registro y cómo enviar un trabajo.
 run: $(STAMP)
-	$(VENV)/bin/videonote-dl run --config config.yaml
+	@$(VENV)/bin/videonote-dl run --config config.yaml
+
+# Un primer trabajo sin red: sirve un archivo en 127.0.0.1 y lo envía al daemon de `make run`.
+demo: $(STAMP)
+	@$(VENV)/bin/videonote-dl demo --config config.yaml
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check daemon tests bench

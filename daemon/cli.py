@@ -1,73 +1,123 @@
-"""La orden ``videonote-dl``: run, submit, cancel, status, events, show, retry, reap, verify, check-config.
+"""La orden ``videonote-dl``: run, submit, demo, cancel, status, events, show, retry, reap, verify, check-config.
 
-Códigos de salida: 0 bien, 1 fallo, 2 error de uso. Cada mensaje de error dice qué hacer.
+Los códigos de salida están en ``daemon.exit_codes`` (y en README.md). Cada mensaje de error dice
+qué hacer y nombra la configuración en uso.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from daemon import __version__
-from daemon.config import CONFIG_ENV_VAR, ConfigError, Settings, load_settings
+from daemon.cli_errors import CliError, UsageError
+from daemon.config import CONFIG_ENV_VAR, SYSTEM_CONFIG, ConfigError, Settings, config_label, find_config, load_settings
+from daemon.exit_codes import (
+    EXIT_CODES,
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_RUNNING,
+    EXIT_OK,
+    EXIT_PERMISSION,
+    EXIT_PIPE,
+)
 from daemon.ids import InvalidCorrelationId, new_correlation_id, validate_correlation_id
+from daemon.permissions import permission_message
+from daemon.submit import submit_job, write_into_spool
 from daemon.units import format_duration, format_size
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+# Un ejemplo por orden (``--help`` los muestra; una prueba comprueba que ninguna quede sin él).
+EXAMPLES: dict[str, str] = {
+    "run": "videonote-dl run --config /etc/videonote-dl/config.yaml",
+    "submit": "videonote-dl submit https://example.org/clip.mp4 --id clip-42 --wait",
+    "demo": "videonote-dl demo --id clip-42",
+    "cancel": "videonote-dl cancel clip-42",
+    "status": "videonote-dl status --watch",
+    "events": "videonote-dl events --follow --event 'job.*' --since 10m",
+    "show": "videonote-dl show clip-42",
+    "retry": "videonote-dl retry clip-42",
+    "reap": "videonote-dl reap --dry-run",
+    "verify": "videonote-dl verify",
+    "check-config": "videonote-dl check-config --config /etc/videonote-dl/config.yaml",
+}
 
 
-class UsageError(Exception):
-    """Error de uso: se informa y se sale con 2."""
+def _exit_code_epilog() -> str:
+    lines = "\n".join(f"  {code:>3}  {meaning.replace('`', '')}" for code, meaning in EXIT_CODES)
+    return f"exit codes:\n{lines}\n\nrun `videonote-dl COMMAND --help` for a command's arguments and an example."
 
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="FILE",
-                        help=f"config file (default: ${CONFIG_ENV_VAR}, else built-in defaults)")
-    parser = argparse.ArgumentParser(prog="videonote-dl", description="Download supervisor daemon.")
+    common.add_argument(
+        "--config", metavar="FILE",
+        help=f"config file (default: ${CONFIG_ENV_VAR}, else ./config.yaml if it exists, else {SYSTEM_CONFIG}, "
+             "else built-in defaults); relative paths inside resolve against the file's folder")
+    parser = argparse.ArgumentParser(
+        prog="videonote-dl", description="Download supervisor daemon and its command-line tools.",
+        epilog=_exit_code_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"videonote-dl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("run", parents=[common], help="run the daemon in the foreground")
-    submit = sub.add_parser("submit", parents=[common], help="submit a download job")
-    submit.add_argument("url")
-    submit.add_argument("--id", help="correlation id (default: generated)")
-    submit.add_argument("--filename", help="file name to publish as")
-    submit.add_argument("--sha256", help="expected sha256 of the file")
-    submit.add_argument("--output-dir", help="folder inside the output root")
-    submit.add_argument("--downloader", choices=("auto", "http", "ytdlp"), default=None)
-    submit.add_argument("--format", help="yt-dlp format selector")
-    submit.add_argument("--priority", type=int, default=None)
-    submit.add_argument("--wait", action="store_true", help="wait for the job to finish")
-    submit.add_argument("--timeout", type=float, default=None, help="with --wait: give up after N seconds")
-    cancel = sub.add_parser("cancel", parents=[common], help="cancel a queued or running job")
-    cancel.add_argument("id")
-    cancel.add_argument("--timeout", type=float, default=10.0,
-                        help="seconds to wait for the daemon's answer (0: only leave the request)")
-    status = sub.add_parser("status", parents=[common], help="show the daemon's live status")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], help=text, description=text[0].upper() + text[1:] + ".",
+                              epilog=f"example:\n  {EXAMPLES[name]}",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    command("run", "run the daemon in the foreground (Ctrl-C stops it; a second Ctrl-C stops at once)")
+    submit = command("submit", "submit a download job (written into the spool's incoming/ folder)")
+    submit.add_argument("url", help="what to download: a direct http(s) file URL, or a video page for yt-dlp")
+    submit.add_argument("--id", help="correlation id: 1-64 of A-Z a-z 0-9 _ - (default: generated)")
+    submit.add_argument("--filename", help="file name to publish as (a bare name; default: from the URL)")
+    submit.add_argument("--sha256", help="expected sha256 of the file; checked before it is published")
+    submit.add_argument("--output-dir", help="folder inside the output root to publish into")
+    submit.add_argument("--downloader", choices=("auto", "http", "ytdlp"), default=None,
+                        help="http: a plain file; ytdlp: a video page; auto (default): ytdlp when one of its "
+                             "extractors claims the URL, else http")
+    submit.add_argument("--format", help="yt-dlp format selector, e.g. 'bv*+ba/b' (ytdlp only)")
+    submit.add_argument("--priority", type=int, default=None,
+                        help="-1000..1000, higher runs first among queued jobs (default 0)")
+    submit.add_argument("--wait", action="store_true", help="wait for the job to finish, showing progress")
+    submit.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help="with --wait: give up waiting after SECONDS (the job keeps running)")
+    demo = command("demo", "a first job that works offline: serve a file on 127.0.0.1 and submit it to the "
+                           "running daemon, waiting for the result")
+    demo.add_argument("--id", help="correlation id of the demo job (default: generated)")
+    demo.add_argument("--size", default="8MiB", help="size of the served file (default 8MiB)")
+    demo.add_argument("--rate", default="4MiB", help="serve at this many bytes per second (default 4MiB)")
+    demo.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                      help="give up waiting after SECONDS (default 120)")
+    cancel = command("cancel", "cancel a queued or running job")
+    cancel.add_argument("id", help="the job's correlation id")
+    cancel.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="wait up to SECONDS for the daemon's answer: cancelled, or too late because the job "
+                             "was already being published (0: only leave the request; default 10)")
+    status = command("status", "show the daemon's live status: running jobs with progress, queue, totals")
     status.add_argument("--watch", action="store_true", help="refresh every second until Ctrl-C")
-    events = sub.add_parser("events", parents=[common], help="show the event log, filtered")
+    events = command("events", "show the event log, filtered and readable")
     events.add_argument("--follow", "-f", action="store_true", help="keep printing new events (survives logrotate)")
     events.add_argument("--job", metavar="ID", help="only this job's events")
     events.add_argument("--event", metavar="PATTERN", help="only events matching PATTERN, e.g. 'job.*'")
     events.add_argument("--since", metavar="WHEN", help="only events newer than 10m, 2h, or an ISO time")
     events.add_argument("--json", action="store_true", help="print raw JSON lines (for jq)")
-    show = sub.add_parser("show", parents=[common], help="everything known about one job")
-    show.add_argument("id")
-    retry = sub.add_parser("retry", parents=[common], help="resubmit a failed job as a new one")
-    retry.add_argument("id")
-    reap = sub.add_parser("reap", parents=[common], help="remove stale temp dirs once")
+    show = command("show", "everything known about one job: record, file, events, what to fix")
+    show.add_argument("id", help="the job's correlation id")
+    retry = command("retry", "resubmit a failed or cancelled job as a new one (ID-r1, ID-r2, ...)")
+    retry.add_argument("id", help="the failed job's correlation id")
+    reap = command("reap", "remove stale temp dirs once (the daemon also does it every reaper.interval)")
     reap.add_argument("--dry-run", action="store_true", help="only print what would be removed")
-    verify = sub.add_parser("verify", parents=[common], help="check the spool's invariants (nothing lost)")
+    verify = command("verify", "check the spool's invariants: nothing lost, nothing partial")
     verify.add_argument("--running", action="store_true", help="the daemon is running: skip idle-only checks")
-    check = sub.add_parser("check-config", parents=[common], help="validate the config and print it")
+    check = command("check-config", "validate the config and print every key as it is in effect")
     check.add_argument("--reference", action="store_true", help="print the config reference (Markdown)")
     return parser
 
@@ -75,22 +125,44 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    settings: Settings | None = None
     try:
         settings = load_settings(args.config)
         handler = globals()[f"_cmd_{args.command.replace('-', '_')}"]
-        return int(handler(args, settings))
+        code = int(handler(args, settings))
+        sys.stdout.flush()  # dentro del try: una tubería cerrada se trata aquí, no al salir
+        return code
     except ConfigError as exc:
         print(f"videonote-dl: config error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except UsageError as exc:
+        return EXIT_CONFIG
+    except CliError as exc:
         print(f"videonote-dl: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exc.code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # ``show X | head``: el lector se fue. Sin traza; stdout a /dev/null para que el vaciado
+        # final del intérprete no vuelva a fallar.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_PIPE
     except PermissionError as exc:
-        print(f"videonote-dl: permission denied: {exc.filename or exc}; reading the event log and status "
-              "needs root or the daemon's group (see docs/operations.md)", file=sys.stderr)
-        return EXIT_FAILURE
+        label = config_label(settings) if settings is not None else f"config {find_config(args.config)[0]}"
+        print(f"videonote-dl: {permission_message(exc.filename or '?', 'read', label)}", file=sys.stderr)
+        return EXIT_PERMISSION
+
+
+def _invoked_as() -> str:
+    """Cómo repetir esta orden en otra terminal: ``videonote-dl`` si está en el PATH, si no su ruta."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    if os.path.basename(argv0) != "videonote-dl":
+        return "videonote-dl"
+    on_path = shutil.which("videonote-dl")
+    if on_path and os.path.realpath(on_path) == os.path.realpath(argv0):
+        return "videonote-dl"
+    relative = os.path.relpath(argv0)
+    return relative if not relative.startswith("..") else os.path.abspath(argv0)
 
 
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -100,57 +172,30 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         configure_events(settings.event_log, settings.log_level)
     except OSError as exc:
-        print(f"videonote-dl: cannot open event log {settings.event_log}: {exc.strerror}; "
-              "fix event_log in the config or the folder's permissions", file=sys.stderr)
-        return EXIT_FAILURE
+        if isinstance(exc, PermissionError):
+            raise CliError(permission_message(exc.filename or settings.event_log, "open the event log",
+                                              config_label(settings), write=True), EXIT_PERMISSION) from None
+        raise CliError(f"cannot open event log {settings.event_log}: {exc.strerror}; fix event_log in "
+                       f"{config_label(settings)} or the folder's permissions") from None
+    print(f"videonote-dl: spool {settings.spool_dir}, event log {settings.event_log} ({config_label(settings)}); "
+          f"submit a first job from another terminal: {_invoked_as()} demo", file=sys.stderr, flush=True)
     return run_daemon(settings)
 
 
-def _write_into_spool(settings: Settings, folder: str, name: str, data: bytes) -> Path:
-    """Escribe en spool/tmp/ y entrega con rename() (la entrega es el rename)."""
-    tmp_dir = settings.spool_dir / "tmp"
-    target_dir = settings.spool_dir / folder
-    if not target_dir.is_dir():
-        raise UsageError(f"spool folder {target_dir} does not exist; start the daemon once (make run) "
-                         "or check spool_dir in the config")
-    tmp = tmp_dir / f".{name}.{os.getpid()}.tmp"
+def _job_id(value: str | None) -> str:
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
-    except PermissionError:
-        raise UsageError(f"cannot write into {tmp_dir}: permission denied; producers must be in the spool's "
-                         "group (see docs/operations.md)") from None
-    with os.fdopen(fd, "wb") as handle:
-        os.fchmod(fd, 0o640)  # legible por el daemon (grupo) aunque el umask del productor sea 077
-        handle.write(data)
-        handle.flush()
-        os.fsync(fd)
-    target = target_dir / name
-    if target.exists():
-        tmp.unlink()
-        raise UsageError(f"{target} already exists; choose another --id")
-    os.rename(tmp, target)
-    return target
+        return validate_correlation_id(value) if value else new_correlation_id()
+    except InvalidCorrelationId as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        job_id = validate_correlation_id(args.id) if args.id else new_correlation_id()
-    except InvalidCorrelationId as exc:
-        raise UsageError(str(exc)) from None
-    job: dict[str, Any] = {"url": args.url, "id": job_id}
+    job: dict[str, Any] = {"url": args.url, "id": _job_id(args.id)}
     for key in ("filename", "sha256", "output_dir", "downloader", "format", "priority"):
         value = getattr(args, key)
         if value is not None:
             job[key] = value
-    from daemon.jobs import JobLimits, JobRejected, parse_job
-
-    data = yaml.safe_dump(job, sort_keys=False).encode("utf-8")
-    d = settings.download
-    try:
-        parse_job(data, f"{job_id}.yaml", JobLimits(d.allowed_schemes, d.max_bytes, settings.ytdlp.enabled))
-    except JobRejected as exc:
-        raise UsageError(f"the job would be rejected: {exc.reason}") from None
-    _write_into_spool(settings, "incoming", f"{job_id}.yaml", data)
+    job_id = submit_job(settings, job)
     print(job_id, flush=True)
     if not args.wait:
         return EXIT_OK
@@ -159,19 +204,22 @@ def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     return wait_for_job(settings.spool_dir, settings.event_log, job_id, args.timeout)
 
 
+def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from daemon.demo import run_demo
+
+    return run_demo(settings, _job_id(args.id), args.size, args.rate, args.timeout, _daemon_state(settings))
+
+
 def _cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        job_id = validate_correlation_id(args.id)
-    except InvalidCorrelationId as exc:
-        raise UsageError(str(exc)) from None
+    job_id = _job_id(args.id)
     finished = _terminal_record(settings, job_id)
     if finished is not None:
         late = "too late: " if finished.parent.name == "done" else ""
         print(f"{late}job {job_id} already finished as {_record_outcome(finished)} (see {finished})", file=sys.stderr)
-        return EXIT_FAILURE
+        return EXIT_FAILED
     marker = settings.spool_dir / "cancel" / job_id
     if not marker.exists():
-        _write_into_spool(settings, "cancel", job_id, b"")
+        write_into_spool(settings, "cancel", job_id, b"")
     from daemon.status import read_status
 
     if args.timeout <= 0 or not _daemon_alive(read_status(settings.status_file) or {}):
@@ -192,13 +240,13 @@ def _cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     if record.parent.name == "done":
         print(f"too late: job {job_id} was already being published and finished as succeeded (see {record})",
               file=sys.stderr)
-        return EXIT_FAILURE
+        return EXIT_FAILED
     outcome = _record_outcome(record)
     if outcome == "cancelled":
         print(f"cancelled {job_id} (see {record})")
         return EXIT_OK
     print(f"job {job_id} ended as {outcome} before the cancel took effect (see {record})", file=sys.stderr)
-    return EXIT_FAILURE
+    return EXIT_FAILED
 
 
 def _terminal_record(settings: Settings, job_id: str) -> Path | None:
@@ -231,18 +279,27 @@ def _daemon_alive(status: dict[str, Any]) -> bool:
     return True
 
 
-def _print_status(settings: Settings) -> int:
+def _daemon_state(settings: Settings) -> tuple[dict[str, Any] | None, bool]:
+    """(estado leído, vivo). Sin permiso para leer el estado, ``PermissionError``."""
     from daemon.status import read_status
 
     status = read_status(settings.status_file)
+    return status, status is not None and _daemon_alive(status)
+
+
+def _print_status(settings: Settings) -> int:
+    status, alive = _daemon_state(settings)
     if status is None:
-        print(f"daemon not running: no status file at {settings.status_file} (start it with `make run` "
-              "or `systemctl start videonote-dl`)", file=sys.stderr)
-        return EXIT_FAILURE
-    alive = _daemon_alive(status)
+        print(f"daemon not running: no status file at {settings.status_file} ({config_label(settings)}); start "
+              "it with `make run` (checkout) or `sudo systemctl start videonote-dl`", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    from daemon.status import status_age
+
     counts = status.get("counts", {})
+    age = status_age(status)
+    fresh = f" ({format_duration(age)} ago)" if age is not None else ""
     print(f"daemon: {'running' if alive else 'NOT running'} (pid {status.get('pid')}, "
-          f"up {format_duration(status.get('uptime_s', 0))}, last update {status.get('updated_at')}, "
+          f"up {format_duration(status.get('uptime_s', 0))}, last update {status.get('updated_at')}{fresh}, "
           f"last scan {status.get('last_scan')})")
     print(f"jobs:   running {len(status.get('running', []))}, queued {status.get('queued', 0)}, "
           f"waiting in incoming {status.get('incoming_waiting', 0)}; max_concurrent {status.get('max_concurrent')}")
@@ -257,7 +314,10 @@ def _print_status(settings: Settings) -> int:
         percent = f"{job['bytes'] * 100 / total:5.1f}%" if total else "     ?"
         print(f"  {job['id']:<26} {job['state']:<9} {percent:>6} {format_size(job['bytes']):>11}"
               f" {format_size(job.get('speed', 0)) + '/s':>12}  {job.get('attempt')}")
-    return EXIT_OK if alive else EXIT_FAILURE
+    if not alive:
+        print(f"the daemon is not running ({config_label(settings)}): start it with `make run` (checkout) or "
+              "`sudo systemctl start videonote-dl`", file=sys.stderr)
+    return EXIT_OK if alive else EXIT_NOT_RUNNING
 
 
 def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -283,16 +343,17 @@ def _cmd_events(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     from daemon.cli_inspect import cmd_show
 
-    return cmd_show(settings, args.id)
+    return cmd_show(settings, _job_id(args.id))
 
 
 def _cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     from daemon.cli_inspect import cmd_retry
 
-    return cmd_retry(settings, args.id, _write_into_spool)
+    return cmd_retry(settings, _job_id(args.id), write_into_spool)
 
 
 def _cmd_reap(args: argparse.Namespace, settings: Settings) -> int:
+    from daemon.config import shown_value
     from daemon.events import configure_events
     from daemon.reaper import reap_temp_root
 
@@ -304,8 +365,8 @@ def _cmd_reap(args: argparse.Namespace, settings: Settings) -> int:
               f"{format_size(entry.bytes_freed)})")
     print(f"{verb} {len(report.removed)} entr{'y' if len(report.removed) == 1 else 'ies'}, "
           f"{format_size(report.bytes_freed)}; skipped {report.locked} locked, {report.young} younger than "
-          f"{format_duration(settings.reaper.max_age)}; {report.errors} error(s)")
-    return EXIT_FAILURE if report.errors else EXIT_OK
+          f"{shown_value(settings, 'reaper.max_age')}; {report.errors} error(s)")
+    return EXIT_FAILED if report.errors else EXIT_OK
 
 
 def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
@@ -316,23 +377,21 @@ def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
         print(f"PROBLEM {problem}")
     print(f"{'OK' if report.ok else 'FAILED'}: {report.jobs} jobs, {report.published} published files checked, "
           f"{report.events} events read, {len(report.problems)} problem(s)")
-    return EXIT_OK if report.ok else EXIT_FAILURE
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def _cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
-    from daemon.config import SCHEMA
+    from daemon.config import SCHEMA, shown_value
 
     if args.reference:
         from daemon.config_reference import render_config_reference
 
         sys.stdout.write(render_config_reference())
         return EXIT_OK
-    print(f"config OK: {settings.source or '(built-in defaults)'}")
+    _path, origin = find_config(args.config)
+    print(f"config OK: {settings.source} ({origin})" if settings.source else f"config OK: {config_label(settings)}")
     for spec in SCHEMA:
-        value: Any = settings
-        for part in spec.key.split("."):
-            value = getattr(value, part)
-        print(f"  {spec.key} = {value}")
+        print(f"  {spec.key} = {shown_value(settings, spec.key)}")
     return EXIT_OK
 
 

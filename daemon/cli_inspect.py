@@ -10,9 +10,11 @@ from typing import Any
 import orjson
 import yaml
 
-from daemon.config import Settings
+from daemon.config import Settings, config_label
 from daemon.error_kinds import ERROR_KINDS, fix_hint
 from daemon.event_reader import EventFilter, format_event, read_events
+from daemon.exit_codes import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_PERMISSION
+from daemon.permissions import permission_message
 from daemon.progress_view import find_outcome
 from daemon.units import format_size, parse_duration
 
@@ -41,9 +43,17 @@ def parse_since(value: str | None) -> datetime | None:
 def cmd_events(settings: Settings, job: str | None, pattern: str | None, since: str | None, follow: bool,
                as_json: bool) -> int:
     flt = EventFilter(job=job, pattern=pattern, since=parse_since(since))
-    if not settings.event_log.exists() and not follow:
-        print(f"no event log at {settings.event_log} yet (has the daemon run with this config?)", file=sys.stderr)
-        return 1
+    try:
+        if not follow:
+            # open() nombra el problema exacto: ausente (3) o sin permiso (4).
+            settings.event_log.open("rb").close()
+    except FileNotFoundError:
+        print(f"no event log at {settings.event_log} yet ({config_label(settings)}); has the daemon run with "
+              "this config?", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except PermissionError:
+        print(f"videonote-dl: {_events_denied(settings)}", file=sys.stderr)
+        return EXIT_PERMISSION
     color = sys.stdout.isatty()
     try:
         for line, event in read_events(settings.event_log, flt, follow=follow):
@@ -52,22 +62,40 @@ def cmd_events(settings: Settings, job: str | None, pattern: str | None, since: 
             else:
                 sys.stdout.write(format_event(event, color) + "\n")
             sys.stdout.flush()
-    except BrokenPipeError:
-        return 0
-    return 0
+    except PermissionError:
+        print(f"videonote-dl: {_events_denied(settings)}", file=sys.stderr)
+        return EXIT_PERMISSION
+    return EXIT_OK
 
 
-def _job_events(settings: Settings, job_id: str) -> list[dict[str, Any]]:
-    return [event for _line, event in read_events(settings.event_log, EventFilter(job=job_id))]
+def _events_denied(settings: Settings) -> str:
+    return permission_message(settings.event_log, "read the event log", config_label(settings))
+
+
+def _job_events(settings: Settings, job_id: str) -> list[dict[str, Any]] | None:
+    """Los eventos del trabajo; None si el registro no se puede leer (sin permiso)."""
+    try:
+        return [event for _line, event in read_events(settings.event_log, EventFilter(job=job_id))]
+    except PermissionError:
+        return None
 
 
 def cmd_show(settings: Settings, job_id: str) -> int:
-    outcome = find_outcome(settings.spool_dir, job_id)
+    try:
+        outcome = find_outcome(settings.spool_dir, job_id)
+    except PermissionError as exc:
+        print("videonote-dl: " + permission_message(exc.filename or settings.spool_dir, "read the job's record",
+                                                    config_label(settings)), file=sys.stderr)
+        return EXIT_PERMISSION
     events = _job_events(settings, job_id)
+    if outcome is None and events is None:
+        print(f"no record of job {job_id!r} in {settings.spool_dir}/done or failed, and its events cannot be "
+              f"read: {_events_denied(settings)}", file=sys.stderr)
+        return EXIT_PERMISSION
     if outcome is None and not events:
         print(f"no job {job_id!r}: no record in {settings.spool_dir}/done or failed and no events "
-              f"in {settings.event_log}", file=sys.stderr)
-        return 1
+              f"in {settings.event_log} ({config_label(settings)})", file=sys.stderr)
+        return EXIT_NOT_FOUND
     if outcome is None:
         print(f"job {job_id}: not finished yet (queued or running; `videonote-dl status` shows progress)")
     else:
@@ -89,12 +117,17 @@ def cmd_show(settings: Settings, job_id: str) -> int:
             print(f"  to fix:   {fix_hint(str(error.get('kind')))}")
             if folder == "failed":
                 print(f"  retry:    videonote-dl retry {job_id}")
-        print(f"  record:   {settings.spool_dir / folder / (job_id + '.json')}" if folder != "rejected" else "")
-    if events:
+        if folder != "rejected":
+            print(f"  record:   {settings.spool_dir / folder / (job_id + '.json')}")
+    if events is None:
+        # Un productor lee los registros pero no el registro de eventos: no es un error de ``show``.
+        print("events:   not shown: you cannot read the event log (the note on stderr says how to)")
+        print(f"note: {_events_denied(settings)}", file=sys.stderr)
+    elif events:
         print(f"events ({len(events)}):")
         for event in events:
             print("  " + format_event(event))
-    return 0
+    return EXIT_OK
 
 
 def cmd_retry(settings: Settings, job_id: str, submit: Any) -> int:
@@ -102,19 +135,23 @@ def cmd_retry(settings: Settings, job_id: str, submit: Any) -> int:
     record_path = settings.spool_dir / "failed" / f"{job_id}.json"
     if not record_path.exists():
         done = settings.spool_dir / "done" / f"{job_id}.json"
-        why = "it succeeded" if done.exists() else "there is no failed record for it"
-        print(f"cannot retry {job_id}: {why} ({record_path})", file=sys.stderr)
-        return 1
+        if done.exists():
+            print(f"cannot retry {job_id}: it succeeded ({done}); to download it again, submit it with a new id",
+                  file=sys.stderr)
+            return EXIT_FAILED
+        print(f"cannot retry {job_id}: no failed record {record_path} ({config_label(settings)}); "
+              "`videonote-dl show ID` tells where a job is", file=sys.stderr)
+        return EXIT_NOT_FOUND
     record = orjson.loads(record_path.read_bytes())
     job = dict(record.get("job") or {})
     if "***@" in str(job.get("url", "")):
         print(f"cannot retry {job_id}: its URL had credentials, which are never stored; submit it again "
               "with `videonote-dl submit URL`", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     if "headers" in job:
         print(f"cannot retry {job_id}: it had request headers, whose values are never stored; submit it again",
               file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     base = job_id[:58]
     n = 1
     while find_outcome(settings.spool_dir, f"{base}-r{n}") is not None or _in_spool(settings.spool_dir, f"{base}-r{n}"):
@@ -125,7 +162,7 @@ def cmd_retry(settings: Settings, job_id: str, submit: Any) -> int:
     submit(settings, "incoming", f"{new_id}.yaml", data)
     print(new_id)
     print(f"resubmitted {job_id} as {new_id}", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 def _in_spool(spool: Path, job_id: str) -> bool:

@@ -20,19 +20,26 @@ from daemon.units import parse_duration, parse_size
 __all__ = [
     "CONFIG_ENV_VAR",
     "SCHEMA",
+    "SYSTEM_CONFIG",
     "ConfigError",
     "DownloadSettings",
+    "MetricsSettings",
     "ReaperSettings",
     "SettingSpec",
     "Settings",
     "YtdlpSettings",
+    "config_label",
     "default_settings",
+    "find_config",
     "load_settings",
     "restart_required_changes",
     "settings_diff",
+    "shown_value",
 ]
 
 CONFIG_ENV_VAR = "VIDEONOTE_DL_CONFIG"
+SYSTEM_CONFIG = Path("/etc/videonote-dl/config.yaml")
+LOCAL_CONFIG = Path("config.yaml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 KNOWN_SCHEMES = ("http", "https")
 
@@ -77,6 +84,13 @@ class YtdlpSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """Exposición de métricas Prometheus (sección ``metrics``); ``listen`` None: apagada."""
+
+    listen: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Todos los ajustes del daemon. Las rutas ya están resueltas y son absolutas."""
 
@@ -93,7 +107,10 @@ class Settings:
     download: DownloadSettings = field(default_factory=DownloadSettings)
     reaper: ReaperSettings = field(default_factory=ReaperSettings)
     ytdlp: YtdlpSettings = field(default_factory=YtdlpSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     source: Path | None = None
+    # Valores tal como se escribieron en el archivo (``10m``, no ``600.0``), por clave con punto.
+    written: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +179,23 @@ def _networks(value: Any) -> tuple[str, ...]:
     return tuple(str(net) for net in parse_networks(value))
 
 
+def _listen(value: Any) -> str | None:
+    """``host:puerto`` (``127.0.0.1:9464``, ``[::1]:9464``) o la ruta de un socket unix; null: apagado."""
+    if value is None or value is False or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"expected host:port (e.g. 127.0.0.1:9464) or a unix socket path, got {value!r}")
+    if "/" in value:
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not host:port with a port from 1 to 65535 (e.g. 127.0.0.1:9464), "
+                         "nor a unix socket path (e.g. /run/videonote-dl/metrics.sock)")
+    if not host.strip("[]"):
+        raise ValueError(f"{value!r} has no host; write 127.0.0.1:{port} (or 0.0.0.0:{port} for every interface)")
+    return value
+
+
 def _positive_duration(value: Any) -> float:
     seconds = parse_duration(value)
     if seconds <= 0:
@@ -223,9 +257,14 @@ SCHEMA: tuple[SettingSpec, ...] = (
     SettingSpec("ytdlp.zygote", "boolean", "true", False,
                 "fork each yt-dlp job from a warm helper process (~0.1 s CPU per job instead of ~0.6 s)",
                 _boolean),
+    SettingSpec("metrics.listen", "host:port or socket path", "null", False,
+                "serve Prometheus /metrics on this TCP address (e.g. 127.0.0.1:9464) or unix socket "
+                "(a relative path resolves against the config's folder); null: off (docs/operations.md)",
+                _listen),
 )
 _SPECS = {spec.key: spec for spec in SCHEMA}
-_SECTIONS = {"download": DownloadSettings, "reaper": ReaperSettings, "ytdlp": YtdlpSettings}
+_SECTIONS = {"download": DownloadSettings, "reaper": ReaperSettings, "ytdlp": YtdlpSettings,
+             "metrics": MetricsSettings}
 
 
 def default_settings(base_dir: Path | None = None) -> Settings:
@@ -241,16 +280,41 @@ def _resolve_paths(settings: Settings, base_dir: Path) -> Settings:
     }
     if settings.download.ca_bundle is not None:
         resolved["download"] = replace(settings.download, ca_bundle=(base_dir / settings.download.ca_bundle).resolve())
+    listen = settings.metrics.listen
+    if listen is not None and "/" in listen:  # socket unix: relativo a la carpeta del config, como las rutas
+        resolved["metrics"] = replace(settings.metrics, listen=str((base_dir / listen).resolve()))
     return replace(settings, **resolved)
 
 
+def find_config(explicit: Path | str | None = None) -> tuple[Path | None, str]:
+    """Qué archivo usar y por qué: ``--config``, si no ``$VIDEONOTE_DL_CONFIG``, si no ``./config.yaml``
+    si existe, si no ``/etc/videonote-dl/config.yaml`` si existe; si no, (None, valores por defecto)."""
+    if explicit is not None:
+        return Path(explicit).absolute(), "--config"
+    env = os.environ.get(CONFIG_ENV_VAR)
+    if env:
+        return Path(env).absolute(), f"${CONFIG_ENV_VAR}"
+    if LOCAL_CONFIG.is_file():
+        return LOCAL_CONFIG.absolute(), "./config.yaml"
+    if SYSTEM_CONFIG.is_file():
+        return SYSTEM_CONFIG, "system config"
+    return None, "built-in defaults"
+
+
+def config_label(settings: Settings) -> str:
+    """Cómo nombrar la configuración en uso en un mensaje de error."""
+    if settings.source is not None:
+        return f"config {settings.source}"
+    return (f"built-in defaults (no --config, no ${CONFIG_ENV_VAR}, no ./config.yaml, no {SYSTEM_CONFIG}; "
+            f"paths relative to {Path.cwd()})")
+
+
 def load_settings(path: Path | str | None = None) -> Settings:
-    """Lee y valida ``path`` (o ``$VIDEONOTE_DL_CONFIG``); sin archivo, los valores por defecto."""
-    if path is None and os.environ.get(CONFIG_ENV_VAR):
-        path = os.environ[CONFIG_ENV_VAR]
-    if path is None:
+    """Lee y valida la configuración que elige ``find_config(path)``; sin archivo, los valores por defecto."""
+    found, _origin = find_config(path)
+    if found is None:
         return default_settings()
-    path = Path(path).absolute()
+    path = found
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -265,8 +329,9 @@ def load_settings(path: Path | str | None = None) -> Settings:
         document = {}
     if not isinstance(document, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys like max_concurrent: 4")
-    settings = _apply(document, path)
-    settings = replace(_resolve_paths(settings, path.parent), source=path)
+    written: dict[str, Any] = {}
+    settings = _apply(document, path, written)
+    settings = replace(_resolve_paths(settings, path.parent), source=path, written=written)
     _check_ca_bundle(settings, path)
     return settings
 
@@ -288,7 +353,27 @@ def _check_ca_bundle(settings: Settings, path: Path) -> None:
         ) from None
 
 
-def _apply(document: Mapping[str, Any], path: Path) -> Settings:
+def shown_value(settings: Settings, key: str) -> str:
+    """El valor de ``key`` para mostrarlo a una persona: duraciones y tamaños tal como se escribieron
+    (``10m``, ``10GiB``; los por defecto, como se documentan), el resto con su valor efectivo."""
+    spec = _SPECS[key]
+    if spec.kind in ("duration", "size"):
+        raw = settings.written.get(key, spec.default)
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            return f"{raw}s" if spec.kind == "duration" else f"{raw}B"
+        return str(raw)
+    value = _lookup(settings, key)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null (off)"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return str(value)
+
+
+def _apply(document: Mapping[str, Any], path: Path, written: dict[str, Any] | None = None) -> Settings:
+    written = {} if written is None else written
     top: dict[str, Any] = {}
     sections: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
     for key, value in document.items():
@@ -299,6 +384,7 @@ def _apply(document: Mapping[str, Any], path: Path) -> Settings:
                 raise ConfigError(f"{path}: key '{key}' must be a mapping of its sub-keys")
             for sub_key, sub_value in value.items():
                 sections[key][sub_key] = _convert(f"{key}.{sub_key}", sub_value, path)
+                written[f"{key}.{sub_key}"] = sub_value
         elif "." in str(key) and str(key).split(".", 1)[0] in _SECTIONS:
             # ``download.timeout: 5s`` en la raíz: se rechaza con un mensaje que dice cómo anidarla.
             section, sub_key = str(key).split(".", 1)
@@ -308,6 +394,7 @@ def _apply(document: Mapping[str, Any], path: Path) -> Settings:
             )
         else:
             top[key] = _convert(str(key), value, path)
+            written[str(key)] = value
     built = {name: cls(**sections[name]) for name, cls in _SECTIONS.items()}
     return Settings(**top, **built)
 
@@ -346,7 +433,7 @@ def _lookup(settings: Settings, key: str) -> Any:
 
 def _check_schema_matches_dataclasses() -> None:
     # Garantía interna: cada campo de los dataclasses tiene su clave en SCHEMA y viceversa.
-    keys = {f.name for f in fields(Settings) if f.name not in _SECTIONS and f.name != "source"}
+    keys = {f.name for f in fields(Settings) if f.name not in _SECTIONS and f.name not in ("source", "written")}
     for name, cls in _SECTIONS.items():
         keys |= {f"{name}.{f.name}" for f in fields(cls)}
     if keys != set(_SPECS):

@@ -14,7 +14,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,14 @@ from daemon.text import printable
 
 __all__ = [
     "EventLogFile",
+    "EventObserver",
+    "add_event_observer",
     "bind_correlation_id",
     "configure_events",
+    "event_log_write_errors",
     "get_logger",
     "redact",
+    "remove_event_observer",
     "reopen_event_log",
     "set_log_level",
 ]
@@ -121,6 +125,42 @@ def _drop_partial_line(fd: int, written: int) -> None:
 
 _log_file: EventLogFile | None = None
 _stderr_enabled = True
+
+# Observadores del flujo de eventos (las métricas): reciben (nombre, campos) de cada evento, antes
+# del filtro de nivel, así que ``log_level: warning`` no les quita nada. Nunca rompen un evento.
+EventObserver = Callable[[str, Mapping[str, Any]], None]
+_observers: tuple[EventObserver, ...] = ()
+
+
+def add_event_observer(observer: EventObserver) -> None:
+    """Llama a ``observer(nombre, campos)`` por cada evento que se emita desde ahora."""
+    global _observers
+    _observers = (*_observers, observer)
+
+
+def remove_event_observer(observer: EventObserver) -> None:
+    global _observers
+    _observers = tuple(o for o in _observers if o is not observer)
+
+
+def event_log_write_errors() -> int:
+    """Eventos descartados porque el registro no se pudo escribir (disco lleno, E/S) desde el arranque."""
+    return _log_file.dropped if _log_file is not None else 0
+
+
+def _notify_observers(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    observers = _observers
+    if observers:
+        fields = event_dict
+        if "correlation_id" not in event_dict:
+            bound = structlog.contextvars.get_contextvars().get("correlation_id")
+            if bound is not None:
+                fields = {**event_dict, "correlation_id": bound}
+        name = str(event_dict.get("event"))
+        for observer in observers:
+            with contextlib.suppress(Exception):  # una métrica rota no puede perder un evento
+                observer(name, fields)
+    return event_dict
 
 
 _second_prefix: tuple[int, str] = (0, "")
@@ -237,6 +277,7 @@ def configure_events(event_log: Path | None, level: str = "info", stderr: bool =
     structlog.reset_defaults()
     structlog.configure(
         processors=[
+            _notify_observers,
             _filter_level,
             structlog.processors.format_exc_info,  # exc_info -> "exception" (texto de la traza)
             structlog.contextvars.merge_contextvars,

@@ -74,6 +74,7 @@ class Daemon:
         self._last_incoming_size = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._downloaders: dict[str, Downloader] = {}
+        self._metrics: Any = None  # daemon.metrics.MetricsServer, si metrics.listen está puesto
 
     # --- ciclo principal ------------------------------------------------------------------
     async def run(self) -> int:
@@ -92,6 +93,7 @@ class Daemon:
             progress_interval=s.download.progress_interval, on_outcome=self._conclude,
             on_finished=self._on_finished, resolve_auto=self._resolve_auto,
         )
+        await self._start_metrics()
         self._recover()
         self._sweep_staging(max_age=0.0)
         self.watcher = SpoolWatcher({"incoming": self.spool.incoming, "cancel": self.spool.cancel}, self._wake)
@@ -115,7 +117,44 @@ class Daemon:
                   temp_dir=str(s.temp_dir), output_dir=str(s.output_dir))
         await self._stop.wait()
         await self._shutdown(workers)
+        await self._stop_metrics()
         return 0
+
+    # --- métricas (daemon.metrics): observan el flujo de eventos; el estado se lee al servir --
+    async def _start_metrics(self) -> None:
+        listen = self.settings.metrics.listen
+        if listen is None:
+            return
+        from daemon.events import add_event_observer
+        from daemon.metrics import DaemonMetrics, MetricsServer
+
+        metrics = DaemonMetrics(self._metrics_state, __version__)
+        server = MetricsServer(metrics, listen)
+        try:
+            await server.start()
+        except OSError as exc:
+            # Las descargas no dependen de la monitorización: se sigue sin métricas, y se dice alto.
+            _log.error("daemon.error", where="metrics", error=f"cannot listen on {listen}: "
+                       f"{exc.strerror or exc}; fix metrics.listen in the config and restart")
+            return
+        add_event_observer(metrics.observe)
+        self._metrics = server
+        _log.info("metrics.listening", listen=listen, path="/metrics")
+
+    def _metrics_state(self) -> Any:
+        from daemon.metrics import MetricsState
+
+        m = self.manager
+        return MetricsState(queued=m.queued if m else 0, incoming_waiting=self._incoming_waiting,
+                            running=m.running if m else 0, max_concurrent=self.settings.max_concurrent)
+
+    async def _stop_metrics(self) -> None:
+        if self._metrics is not None:
+            from daemon.events import remove_event_observer
+
+            remove_event_observer(self._metrics.metrics.observe)
+            await self._metrics.close()
+            self._metrics = None
 
     def _spawn(self, loop_factory: Callable[[], Awaitable[None]], name: str) -> asyncio.Task[None]:
         """Arranca un bucle auxiliar; si lanza, se registra y se vuelve a arrancar."""
@@ -156,10 +195,38 @@ class Daemon:
             loop.add_signal_handler(signal.SIGUSR2, lambda: loop.call_soon(time.sleep, 3600))
 
     def _on_stop_signal(self, sig: signal.Signals) -> None:
+        second = self._stop.is_set()
         if self._stop.is_set():
             self._stop_now.set()
         self._stop.set()
         self._claiming = False
+        self._announce_stop(sig, second)
+
+    def _announce_stop(self, sig: signal.Signals, second: bool) -> None:
+        """Dice en stderr (una terminal, el journal) y en un evento qué se espera y cuánto, y que una
+        segunda señal para al instante devolviendo los trabajos a incoming/."""
+        from daemon.config import shown_value
+
+        running = self.manager.running if self.manager else 0
+        queued = self.manager.queued if self.manager else 0
+        grace = self.settings.shutdown_grace
+        name = sig.name
+        if second:
+            text = (f"{name} again: stopping now; {running} running download(s) are interrupted and requeued "
+                    "(they resume on the next start)")
+        elif running and grace > 0:
+            text = (f"{name}: stopping; waiting up to {shown_value(self.settings, 'shutdown_grace')} "
+                    f"(shutdown_grace) for {running} running download(s) to finish, then they are requeued. "
+                    "Press Ctrl-C again (or send SIGTERM again) to stop now and requeue them")
+        elif running:
+            text = f"{name}: stopping now (shutdown_grace is 0); {running} running download(s) are requeued"
+        else:
+            text = f"{name}: stopping; nothing is running" + (f", {queued} queued job(s) go back to incoming/"
+                                                              if queued else "")
+        with contextlib.suppress(OSError, ValueError):
+            os.write(2, f"videonote-dl: {text}\n".encode())
+        _log.info("daemon.stop_requested", signal=name, running=running, queued=queued,
+                  grace_s=0.0 if second else grace, immediate=second)
 
     def request_stop(self, immediately: bool = False) -> None:
         """Para el daemon desde código (pruebas, embebido)."""
@@ -545,8 +612,11 @@ class Daemon:
 
     async def _status_loop(self) -> None:
         while True:
+            # Con descargas en marcha, una foto por segundo (0,5 s de espera + 0,5 s de pausa): el
+            # progreso que muestra `status --watch` nunca tiene más de ~1 s. Ocioso: cada 5 s o al cambiar.
+            busy = self.manager is not None and self.manager.running > 0
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5.0):
+                async with asyncio.timeout(0.5 if busy else 5.0):
                     await self._status_dirty.wait()
             self._status_dirty.clear()
             self._write_status()

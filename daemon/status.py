@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-__all__ = ["read_status", "write_status"]
+__all__ = ["read_status", "status_age", "write_status"]
 
 
 def write_status(path: Path, status: dict[str, Any]) -> None:
@@ -28,3 +30,12 @@ def read_status(path: Path) -> dict[str, Any] | None:
     except (OSError, orjson.JSONDecodeError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def status_age(status: dict[str, Any]) -> float | None:
+    """Segundos desde ``updated_at`` (None si falta o no se entiende)."""
+    try:
+        updated = datetime.fromisoformat(str(status.get("updated_at")).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return max(0.0, time.time() - updated.timestamp())

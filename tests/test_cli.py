@@ -59,7 +59,7 @@ def test_status_shows_running_job_progress(tmp_path: Path, test_server: TestServ
         assert "daemon: running" in out
         assert "max_concurrent 4" in out
     stopped = cli(daemon, "status")
-    assert stopped.returncode == 1 and "NOT running" in stopped.stdout
+    assert stopped.returncode == 6 and "NOT running" in stopped.stdout
 
 
 def test_events_filter_and_follow_across_rotation(tmp_path: Path, test_server: TestServer) -> None:
@@ -121,7 +121,7 @@ def test_show_and_retry_a_failed_job(tmp_path: Path, test_server: TestServer) ->
         assert folder == "done" and Path(record["path"]).read_bytes() == b"now it exists"
         assert (daemon.spool / "failed" / "late-1.json").exists()  # el historial se conserva
         assert cli(daemon, "retry", new_id).returncode == 1
-        assert cli(daemon, "show", "no-such-job").returncode == 1
+        assert cli(daemon, "show", "no-such-job").returncode == 3
 
 
 def test_progress_bar_moves_and_finishes_in_a_real_pty(tmp_path: Path, test_server: TestServer) -> None:

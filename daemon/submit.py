@@ -1,0 +1,77 @@
+"""Entregar al spool como un productor: escribir en tmp/ y renombrar (la entrega es el rename)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from daemon.cli_errors import CliError, UsageError
+from daemon.config import CONFIG_ENV_VAR, Settings, config_label
+from daemon.exit_codes import EXIT_NOT_FOUND, EXIT_PERMISSION
+from daemon.permissions import permission_message
+
+__all__ = ["submit_job", "write_into_spool"]
+
+
+def _spool_missing(settings: Settings, folder: Path) -> CliError:
+    return CliError(
+        f"spool folder {folder} does not exist ({config_label(settings)}). If this is the right config, the "
+        "daemon has not run with it yet: start it (`make run` in a checkout; `sudo systemctl start videonote-dl` "
+        f"when installed). Otherwise pass --config, set ${CONFIG_ENV_VAR}, or run from the folder that holds "
+        "config.yaml", EXIT_NOT_FOUND)
+
+
+def write_into_spool(settings: Settings, folder: str, name: str, data: bytes) -> Path:
+    """Escribe en spool/tmp/ y entrega con rename() (la entrega es el rename)."""
+    tmp_dir = settings.spool_dir / "tmp"
+    target_dir = settings.spool_dir / folder
+    try:
+        present = target_dir.is_dir() and tmp_dir.is_dir()
+    except PermissionError:
+        present = True  # existe pero no se puede examinar: lo dirá el open() de abajo
+    if not present:
+        raise _spool_missing(settings, target_dir if not target_dir.is_dir() else tmp_dir)
+    tmp = tmp_dir / f".{name}.{os.getpid()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+    except PermissionError:
+        raise CliError(permission_message(tmp_dir, "write into", config_label(settings), write=True),
+                       EXIT_PERMISSION) from None
+    with os.fdopen(fd, "wb") as handle:
+        os.fchmod(fd, 0o640)  # legible por el daemon (grupo) aunque el umask del productor sea 077
+        handle.write(data)
+        handle.flush()
+        os.fsync(fd)
+    target = target_dir / name
+    if target.exists():
+        tmp.unlink()
+        raise UsageError(f"{target} already exists; choose another --id")
+    try:
+        os.rename(tmp, target)
+    except PermissionError:
+        tmp.unlink()
+        raise CliError(permission_message(target_dir, "write into", config_label(settings), write=True),
+                       EXIT_PERMISSION) from None
+    return target
+
+
+def submit_job(settings: Settings, job: dict[str, Any]) -> str:
+    """Valida el trabajo como lo haría el daemon y lo deja en incoming/; devuelve su id."""
+    from daemon.jobs import JobLimits, JobRejected, parse_job
+
+    job_id = str(job["id"])
+    data = yaml.safe_dump(job, sort_keys=False).encode("utf-8")
+    d = settings.download
+    try:
+        parse_job(data, f"{job_id}.yaml", JobLimits(d.allowed_schemes, d.max_bytes, settings.ytdlp.enabled))
+    except JobRejected as exc:
+        raise UsageError(f"the job would be rejected: {exc.reason}") from None
+    from daemon.progress_view import find_outcome
+
+    if find_outcome(settings.spool_dir, job_id) is not None:
+        raise UsageError(f"id {job_id!r} already finished (`videonote-dl show {job_id}`); choose another --id")
+    write_into_spool(settings, "incoming", f"{job_id}.yaml", data)
+    return job_id
