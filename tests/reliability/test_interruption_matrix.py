@@ -269,3 +269,32 @@ def _check_invariants(case: _Case, folder: str, record: dict[str, Any]) -> None:
     if case.interruption != "event_log_full":
         outcomes = [e for e in events if e["event"] == "job.recorded" and e.get("correlation_id") == JOB_ID]
         assert [e["outcome"] for e in outcomes] == [record["outcome"]], outcomes
+
+
+@pytest.mark.timeout(120)
+def test_record_that_cannot_be_written_unpublishes_and_retries(tmp_path: Path, test_server: TestServer) -> None:
+    """El spool se llena justo después de publicar: sin registro no hay éxito. El nombre público se
+    retira (``job.unpublished``), la publicación se reintenta y, con sitio, termina una sola vez."""
+    with mounted_tmpfs(tmp_path / "spool-fs", "size=2m,mode=0755") as spool_fs:
+        case = _Case(tmp_path, test_server, "published", "spool_full", tmp_path / "tmp", tmp_path / "out",
+                     tmp_path / "log" / "events.jsonl")
+        case.daemon = DaemonProcess(tmp_path / "d", **case.overrides, spool_dir=str(spool_fs / "spool"))
+        case.daemon.event_log = tmp_path / "log" / "events.jsonl"
+        d = case.daemon
+        try:
+            case.start_paused()
+            fill_until_enospc(spool_fs / "filler")
+            case.release()
+            wait_until(lambda: d.count_events("job.unpublished") > 0, 30, what="job.unpublished")
+            assert d.record(JOB_ID) is None
+            assert not (d.output / "m.bin").exists(), "published without a record"
+            (spool_fs / "filler").unlink()
+            folder, record = d.wait_record(JOB_ID, 60)
+            assert d.stop() == 0, d.stderr_text()
+        finally:
+            (spool_fs / "filler").unlink(missing_ok=True)
+            if d.proc is not None and d.proc.poll() is None:
+                d.kill9()
+        case.interruption = "sighup"  # el desenlace diseñado es el de una interrupción inocua: succeeded
+        _check_invariants(case, folder, record)
+        assert d.count_events("job.publish_retrying") >= 1

@@ -1,0 +1,123 @@
+"""La publicación entre sistemas de archivos: copias preparadas que nadie puede plantar ni dejar atrás.
+
+- La copia va a ``<salida>/.videonote-dl-staging/`` con un nombre aleatorio, ``O_EXCL|O_NOFOLLOW`` y
+  ``flock`` mientras se copia: un enlace simbólico plantado nunca se sigue.
+- ``sweep_staging`` retira las copias abandonadas (sin cerrojo, más viejas que ``max_age``), nunca
+  una en curso; el daemon lo hace al arrancar (todas las que no tienen cerrojo) y en cada pasada
+  del recolector.
+- Un fallo de almacenamiento al copiar no deja nada en la salida.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from daemon.downloaders.base import StorageError
+from daemon.publish import STAGING_DIR, publish_file, sweep_staging
+from tests.support.daemon_proc import DaemonProcess, wait_until
+from tests.support.http_server import Behavior, TestServer
+from tests.support.mounts import fill_until_enospc, mounted_tmpfs
+
+
+def _staged(output: Path, name: str, age: float = 0.0) -> Path:
+    folder = output / STAGING_DIR
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = folder / name
+    path.write_bytes(b"half a copy")
+    if age:
+        past = time.time() - age
+        os.utime(path, (past, past))
+    return path
+
+
+def test_sweep_removes_only_unlocked_and_old_enough(tmp_path: Path) -> None:
+    old = _staged(tmp_path, "a.partial", age=7200)
+    young = _staged(tmp_path, "b.partial")
+    locked = _staged(tmp_path, "c.partial", age=7200)
+    fd = os.open(locked, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert sweep_staging(tmp_path, max_age=3600) == 1
+        assert not old.exists()
+        assert young.exists(), "younger than max_age: kept"
+        assert locked.exists(), "a live publisher holds it: kept"
+    finally:
+        os.close(fd)
+    assert sweep_staging(tmp_path, max_age=0) == 2
+    assert sorted(os.listdir(tmp_path / STAGING_DIR)) == []
+
+
+def test_sweep_unlinks_a_planted_symlink_without_following_it(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (tmp_path / "out" / STAGING_DIR).mkdir(parents=True)
+    os.symlink(victim, tmp_path / "out" / STAGING_DIR / "x.partial")
+    assert sweep_staging(tmp_path / "out", max_age=0) == 1
+    assert victim.read_text() == "keep me"
+
+
+def test_copy_never_follows_a_planted_staging_symlink(tmp_path: Path) -> None:
+    """Si alguien planta la carpeta de preparación como enlace a otro sitio, se rechaza (storage)."""
+    with mounted_tmpfs(tmp_path / "out-fs", "size=4m") as out:
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        os.symlink(elsewhere, out / STAGING_DIR)
+        src = tmp_path / "src.bin"
+        src.write_bytes(os.urandom(50_000))
+        with pytest.raises(StorageError, match="not a real folder"):
+            publish_file(src, out, None, "clip.bin")
+        assert list(elsewhere.iterdir()) == []
+        assert not (out / "clip.bin").exists()
+
+
+def test_enospc_during_the_copy_leaves_nothing_in_the_output(tmp_path: Path) -> None:
+    with mounted_tmpfs(tmp_path / "out-fs", "size=1m") as out:
+        src = tmp_path / "big.bin"
+        src.write_bytes(os.urandom(2 * 1024 * 1024))
+        with pytest.raises(StorageError) as caught:
+            publish_file(src, out, None, "big.bin")
+        assert caught.value.details["errno"] == errno.ENOSPC
+        leftovers = [str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()]
+        assert leftovers == [], leftovers
+
+
+def test_daemon_sweeps_abandoned_copies_at_start_up(tmp_path: Path, test_server: TestServer) -> None:
+    data = os.urandom(40_000)
+    url = test_server.add("/s.bin", Behavior(data=data))
+    daemon = DaemonProcess(tmp_path, ytdlp={"enabled": False})
+    left = _staged(daemon.output, "deadbeef.partial")  # un publicador murió a mitad de copia
+    with daemon:
+        wait_until(lambda: daemon.count_events("reaper.staging_removed") > 0, 30, what="reaper.staging_removed")
+        assert not left.exists()
+        daemon.drop_job({"url": url, "id": "s1", "sha256": hashlib.sha256(data).hexdigest()})
+        folder, _record = daemon.wait_record("s1")
+        assert folder == "done"
+
+
+def test_full_output_at_publish_is_retried_then_succeeds(tmp_path: Path, test_server: TestServer) -> None:
+    """Salida en otro sistema de archivos y llena al publicar: el archivo descargado se queda en el
+    directorio aislado, la publicación se reintenta (``job.publish_retrying``) y, con sitio, termina."""
+    data = os.urandom(300_000)
+    url = test_server.add("/f.bin", Behavior(data=data))
+    with mounted_tmpfs(tmp_path / "out-fs", "size=1m") as out:
+        filler = out / "filler"
+        fill_until_enospc(filler)
+        daemon = DaemonProcess(tmp_path / "d", output_dir=str(out / "out"), ytdlp={"enabled": False},
+                               download={"backoff": "200ms", "retries": 8})
+        with daemon:
+            daemon.drop_job({"url": url, "id": "f1", "sha256": hashlib.sha256(data).hexdigest()})
+            wait_until(lambda: daemon.count_events("job.publish_retrying") > 0, 30, what="job.publish_retrying")
+            assert daemon.record("f1") is None
+            assert [p for p in (out / "out").rglob("*") if p.is_file()] == []
+            filler.unlink()
+            folder, record = daemon.wait_record("f1")
+        assert folder == "done", record
+        assert (out / "out" / "f.bin").read_bytes() == data
+        assert len(test_server.requests_for("/f.bin")) == 1, "the download is kept, never fetched again"
