@@ -27,7 +27,8 @@ from prometheus_client.exposition import generate_latest
 
 from daemon.events import event_log_write_errors
 
-__all__ = ["METRIC_NAMES", "DaemonMetrics", "MetricsServer", "MetricsState", "parse_listen"]
+__all__ = ["METRIC_NAMES", "DaemonMetrics", "MetricsServer", "MetricsState", "parse_listen", "start_metrics",
+           "stop_metrics"]
 
 # Cada serie que /metrics expone (nombre base, sin _bucket/_sum/_count): el tablero y las alertas
 # de docs/ sólo pueden usar estas (una prueba lo comprueba contra una extracción real).
@@ -287,3 +288,27 @@ class MetricsServer:
 
     async def _serve_index(self, _request: web.Request) -> web.Response:
         return web.Response(text="videonote-dl: Prometheus metrics at /metrics\n")
+
+
+async def start_metrics(listen: str, state: Callable[[], MetricsState], version: str) -> MetricsServer | None:
+    """Sirve /metrics en ``listen`` y conecta el observador de eventos; None si no se puede escuchar
+    (las descargas no dependen de la monitorización: se sigue sin métricas, y se dice alto)."""
+    from daemon.events import add_event_observer, get_logger
+
+    server = MetricsServer(DaemonMetrics(state, version), listen)
+    try:
+        await server.start()
+    except OSError as exc:
+        get_logger().error("daemon.error", where="metrics", error=f"cannot listen on {listen}: "
+                           f"{exc.strerror or exc}; fix metrics.listen in the config and restart")
+        return None
+    add_event_observer(server.metrics.observe)
+    get_logger().info("metrics.listening", listen=listen, path="/metrics")
+    return server
+
+
+async def stop_metrics(server: MetricsServer) -> None:
+    from daemon.events import remove_event_observer
+
+    remove_event_observer(server.metrics.observe)
+    await server.close()

@@ -24,7 +24,7 @@ from pathlib import Path
 from daemon.events import get_logger
 from daemon.temp_manager import DOWNLOAD_DIR_PREFIX, TEMP_DIR_PREFIX
 
-__all__ = ["ReapReport", "ReapedEntry", "reap_temp_root"]
+__all__ = ["ReapReport", "ReapedEntry", "reap_staging", "reap_temp_root"]
 
 _log = get_logger()
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -204,3 +204,18 @@ def _record(
         bytes_freed=size,
         dry_run=report.dry_run,
     )
+
+
+def reap_staging(output_dir: Path, max_age: float) -> int:
+    """Retira copias a medio publicar que dejó un publicador muerto en la carpeta de preparación de
+    la salida (sin cerrojo y más viejas que ``max_age``; al arrancar, ``max_age=0``: todas las libres)."""
+    from daemon.publish import sweep_staging
+
+    try:
+        removed = sweep_staging(output_dir, max_age)
+    except OSError as exc:
+        _log.warning("daemon.error", where="staging", error=exc.strerror or str(exc))
+        return 0
+    if removed:
+        _log.info("reaper.staging_removed", removed=removed, output_dir=str(output_dir))
+    return removed
