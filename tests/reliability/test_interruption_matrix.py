@@ -298,3 +298,18 @@ def test_record_that_cannot_be_written_unpublishes_and_retries(tmp_path: Path, t
         case.interruption = "sighup"  # el desenlace diseñado es el de una interrupción inocua: succeeded
         _check_invariants(case, folder, record)
         assert d.count_events("job.publish_retrying") >= 1
+
+
+def test_duplicate_of_a_finished_id_is_rejected_and_verify_accepts_it(tmp_path: Path,
+                                                                      test_server: TestServer) -> None:
+    data = os.urandom(30_000)
+    url = test_server.add("/dup.bin", Behavior(data=data))
+    daemon = DaemonProcess(tmp_path, ytdlp={"enabled": False})
+    with daemon:
+        daemon.drop_job({"url": url, "id": "dup1"})
+        assert daemon.wait_record("dup1")[0] == "done"
+        daemon.drop_job({"url": url, "id": "dup1"}, name="dup1-again.yaml")
+        wait_until(lambda: daemon.rejected() == ["dup1-again.yaml"], 30, what="the duplicate to be rejected")
+    report = verify_spool(load_settings(daemon.config_path), expected={"dup1": hashlib.sha256(data).hexdigest()})
+    assert report.ok, "\n".join(report.problems)
+    assert len(test_server.requests_for("/dup.bin")) == 1
