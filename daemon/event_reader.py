@@ -112,7 +112,7 @@ def _rotated(path: Path, identity: tuple[int, int] | None, handle: Any) -> bool:
         return False  # aún no hay archivo nuevo: seguir leyendo el viejo
     if (st.st_dev, st.st_ino) != identity:
         return True
-    return st.st_size < handle.tell()  # truncado (copytruncate)
+    return bool(st.st_size < handle.tell())  # truncado (copytruncate)
 
 
 _LEVEL_COLORS = {"debug": "\033[2m", "info": "", "warning": "\033[33m", "error": "\033[31m"}

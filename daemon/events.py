@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import orjson
 import structlog
@@ -25,6 +25,7 @@ from daemon.text import printable
 
 __all__ = [
     "EventLogFile",
+    "EventLogger",
     "EventObserver",
     "add_event_observer",
     "bind_correlation_id",
@@ -287,7 +288,7 @@ def configure_events(event_log: Path | None, level: str = "info", stderr: bool =
             _echo_to_stderr,
             structlog.processors.JSONRenderer(serializer=_serialize),
         ],
-        logger_factory=structlog.BytesLoggerFactory(file=_log_file),
+        logger_factory=structlog.BytesLoggerFactory(file=_log_file),  # type: ignore[arg-type]  # basta write/flush
         wrapper_class=structlog.BoundLogger,
         cache_logger_on_first_use=True,
     )
@@ -306,9 +307,19 @@ def reopen_event_log() -> None:
         _log_file.reopen()
 
 
-def get_logger(**initial: Any) -> Any:
+class EventLogger(Protocol):
+    """Lo que el daemon usa de un logger: un nombre de evento (``area.what``) y claves."""
+
+    def debug(self, event: str, **keys: Any) -> Any: ...
+    def info(self, event: str, **keys: Any) -> Any: ...
+    def warning(self, event: str, **keys: Any) -> Any: ...
+    def error(self, event: str, **keys: Any) -> Any: ...
+    def exception(self, event: str, **keys: Any) -> Any: ...
+
+
+def get_logger(**initial: Any) -> EventLogger:
     """Devuelve un logger de structlog; ``initial`` se enlaza a cada evento que emita."""
-    return structlog.get_logger(**initial)
+    return cast(EventLogger, structlog.get_logger(**initial))
 
 
 def bind_correlation_id(correlation_id: str | None) -> None:

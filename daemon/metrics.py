@@ -91,7 +91,7 @@ class DaemonMetrics:
     """Registro propio (no el global de prometheus_client) y la traducción evento -> métrica."""
 
     def __init__(self, state: Callable[[], MetricsState], version: str) -> None:
-        disable_created_metrics()  # sin series *_created: ruido para un tablero
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # sin series *_created: ruido para un tablero
         self.registry = CollectorRegistry()
         r = self.registry
         Info("videonote_dl_build", "Build information", registry=r).info(

@@ -104,7 +104,9 @@ def wait_for_job(
             elif name == "job.started" and int(event.get("attempt") or 1) == 1:
                 bar.message(f"started {job_id}")
     finally:
-        events.close()
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
 
 
 def _next_event(events: Any) -> dict[str, Any] | None:
@@ -115,7 +117,7 @@ def _next_event(events: Any) -> dict[str, Any] | None:
     except (StopIteration, PermissionError):
         time.sleep(0.25)
         return None
-    return event
+    return dict(event)
 
 
 def _report(outcome: tuple[str, dict[str, Any]], bar: ProgressBar) -> int:

@@ -183,9 +183,10 @@ def check_event_sequences(
                     if state != "terminal":
                         states[job_id] = "crashed"
                 continue
-            job_id = event.get("correlation_id")
-            if not name.startswith("job.") or job_id is None or name in _IGNORED:
+            raw_id = event.get("correlation_id")
+            if not name.startswith("job.") or raw_id is None or name in _IGNORED:
                 continue
+            job_id = str(raw_id)
             state = states[job_id]
             nxt = _TRANSITIONS.get(state, {}).get(name)
             if nxt is None:

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, InotifyFD
+from watchdog.observers.inotify_c import CallbackId, InotifyConstants, InotifyEvent, InotifyFD, Mask
 
 __all__ = ["SpoolWatcher"]
 
@@ -62,11 +62,11 @@ class SpoolWatcher:
     def start(self) -> None:
         reader = InotifyFD()
         self._lost.clear()
-        for label, folder in self.folders.items():
+        for number, (label, folder) in enumerate(self.folders.items()):
             folder.mkdir(parents=True, exist_ok=True)
             st = os.stat(folder)
             self._identity[label] = (st.st_dev, st.st_ino)
-            reader.add_callback(os.fsencode(folder), _MASK, _Wake(self, label), label)
+            reader.add_callback(os.fsencode(folder), Mask(_MASK), _Wake(self, label), CallbackId(number))
         reader.daemon = True
         reader.start()
         self._reader = reader

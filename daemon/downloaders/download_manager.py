@@ -88,7 +88,7 @@ class RetryPolicy:
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         base = min(self.backoff * 2 ** (attempt - 1), self.max_backoff)
         jittered = base * random.uniform(0.5, 1.0)
-        return max(jittered, retry_after or 0.0)
+        return float(max(jittered, retry_after or 0.0))
 
 
 @dataclass(slots=True, eq=False)
