@@ -209,6 +209,10 @@ def test_interruption_at_each_step(tmp_path: Path, test_server: TestServer, step
         try:
             case.start_paused()
             cli = _deliver(case, fill)
+            if interruption in ("cancel_file", "cli_cancel") and STEPS.index(step) >= STEPS.index("temp_dir_created"):
+                # El trabajo está en el gestor: soltar sólo cuando el daemon ya recibió la cancelación.
+                wait_until(lambda: d.count_events("job.cancel_requested") > 0
+                           or (cli is not None and cli.poll() is not None), 30, what="job.cancel_requested")
             if interruption in ("cancel_file", "cli_cancel") and STEPS.index(step) >= POINT_OF_NO_RETURN:
                 # Tarde: el daemon lo dice (o el cancel ya vio el registro y no dejó marcador).
                 wait_until(lambda: d.count_events("job.cancel_too_late") > 0
