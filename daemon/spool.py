@@ -24,7 +24,7 @@ import orjson
 from daemon.dirlock import DirLock, DirLockBusy
 from daemon.faultpoints import crash_point
 from daemon.ids import CORRELATION_ID_PATTERN, new_correlation_id
-from daemon.jobs import is_candidate_name, read_job_file
+from daemon.jobfile import is_candidate_name, read_job_file
 from daemon.naming import numbered_names
 from daemon.text import printable
 
