@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from types import TracebackType
@@ -136,7 +137,7 @@ class TempManager:
                 st = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
             except FileNotFoundError:
                 return False
-            if os.path.stat.S_ISDIR(st.st_mode):
+            if stat.S_ISDIR(st.st_mode):
                 shutil.rmtree(name, dir_fd=root_fd)
             else:
                 os.unlink(name, dir_fd=root_fd)
