@@ -24,6 +24,8 @@ from typing import Any
 
 import orjson
 
+from tests.support.daemon_proc import wait_until as _wait_until
+
 __all__ = [
     "BENCH_DIR",
     "RAW_DIR",
@@ -76,15 +78,9 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.01, what: str = "") -> Any:
-    """Espera a que ``predicate()`` sea verdadero; ``TimeoutError`` con un mensaje claro si no."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what or predicate}")
-        time.sleep(interval)
+    """``tests.support.daemon_proc.wait_until`` con el paso fino de los bancos y ``TimeoutError``
+    (los bancos lo capturan) en lugar de ``AssertionError``."""
+    return _wait_until(predicate, timeout, interval=interval, what=what, error=TimeoutError)
 
 
 # --- medición por parejas ----------------------------------------------------------------

@@ -3,11 +3,12 @@ la URL del servidor, las herramientas y las opciones de la ejecución."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from daemon.sha import file_sha256
 
 __all__ = ["BenchContext"]
 
@@ -64,11 +65,7 @@ class BenchContext:
     def sha256_of(self, rel: str) -> str:
         """sha256 de un archivo servido (calculado una vez)."""
         if rel not in self._hashes:
-            digest = hashlib.sha256()
-            with open(self.www / rel, "rb") as handle:
-                while block := handle.read(_BLOCK):
-                    digest.update(block)
-            self._hashes[rel] = digest.hexdigest()
+            self._hashes[rel] = file_sha256(self.www / rel, _BLOCK)
         return self._hashes[rel]
 
     def small_files(self, count: int, size: int = 16 * 1024) -> list[str]:

@@ -1,7 +1,8 @@
 """videonote-dl: daemon supervisor de descargas guiado por un spool.
 
-API pública del plan: ``TempManager``, ``IsolatedDownload``, ``DownloadLifecycle``,
-``cleanup_download`` y ``DownloadManager`` (en ``daemon.downloaders``).
+API pública del plan: ``TempManager`` (aquí, en ``daemon``); ``IsolatedDownload``,
+``DownloadLifecycle`` y ``cleanup_download`` (en ``daemon.downloaders``); ``DownloadManager``
+(en ``daemon.downloaders.download_manager``: ``daemon.downloaders`` no lo exporta).
 """
 
 from daemon.config import ConfigError, Settings, load_settings

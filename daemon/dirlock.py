@@ -12,9 +12,11 @@ import fcntl
 import os
 from pathlib import Path
 
-__all__ = ["DirLock", "DirLockBusy", "is_dir_locked"]
+__all__ = ["DIR_FLAGS", "DirLock", "DirLockBusy", "is_dir_locked", "try_lock_fd"]
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Cómo abre el daemon un directorio que va a recorrer o bloquear: sólo lectura, debe ser un
+# directorio y nunca se sigue un enlace simbólico en el último componente.
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class DirLockBusy(OSError):
@@ -28,22 +30,19 @@ class DirLock:
         self.path = path
         self._fd: int | None = None
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     def acquire(self) -> None:
         """Toma el cerrojo o lanza ``DirLockBusy``; nunca espera."""
         if self._fd is not None:
             return
-        fd = os.open(self.path, _DIR_FLAGS)
+        fd = os.open(self.path, DIR_FLAGS)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
+            locked = try_lock_fd(fd)
+        except OSError:
             os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise DirLockBusy(errno.EWOULDBLOCK, f"{self.path} is locked by a live download") from None
             raise
+        if not locked:
+            os.close(fd)
+            raise DirLockBusy(errno.EWOULDBLOCK, f"{self.path} is locked by a live download")
         self._fd = fd
 
     def release(self) -> None:
@@ -59,16 +58,31 @@ class DirLock:
         self.release()
 
 
-def is_dir_locked(path: Path, dir_fd: int | None = None) -> bool:
-    """True si alguien tiene un ``flock`` sobre ``path``. No sigue enlaces simbólicos."""
-    try:
-        fd = os.open(path, _DIR_FLAGS, dir_fd=dir_fd)
-    except OSError:
-        return False
+def try_lock_fd(fd: int) -> bool:
+    """Intenta un ``flock`` exclusivo sin esperar sobre ``fd``: True si se tomó, False si otro lo
+    tiene. Otros errores se lanzan. El cerrojo dura lo que dure abierto ``fd``."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
-        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return False
+        raise
+    return True
+
+
+def is_dir_locked(path: Path, dir_fd: int | None = None) -> bool:
+    """True si alguien tiene un ``flock`` sobre ``path``. No sigue enlaces simbólicos.
+
+    Es sólo una foto: quien vaya a actuar según la respuesta (borrar, por ejemplo) debe abrir el
+    directorio y quedarse con el cerrojo (``try_lock_fd``) mientras actúa.
+    """
+    try:
+        fd = os.open(path, DIR_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return False
+    try:
+        return not try_lock_fd(fd)
+    except OSError:
+        return False
     finally:
         os.close(fd)
-    return False

@@ -8,13 +8,18 @@ separadores de línea, sustitutos sueltos) y ocupa como mucho 200 bytes en UTF-8
 
 ``bare_name_problem`` dice por qué un nombre no vale (el trabajo se rechaza); ``safe_name``
 convierte cualquier texto de un servidor en un nombre válido (nunca se publica crudo).
+
+Dentro de un directorio propio del daemon (el aislado de una descarga) basta una regla más
+floja, ``path_component_problem``: un solo componente, sin ``/``, ``\\`` ni NUL, que no sea
+``.`` ni ``..`` (un nombre oculto como ``.clip.part`` vale). ``safe_filename_in`` la aplica.
 """
 
 from __future__ import annotations
 
 import unicodedata
+from pathlib import Path
 
-__all__ = ["MAX_NAME_BYTES", "bare_name_problem", "safe_name"]
+__all__ = ["MAX_NAME_BYTES", "bare_name_problem", "path_component_problem", "safe_filename_in", "safe_name"]
 
 MAX_NAME_BYTES = 200
 # Cc: controles; Cf: formato (bidi, anchura cero, BOM, guion suave); Cs: sustitutos;
@@ -27,12 +32,36 @@ def _unsafe(ch: str) -> bool:
     return unicodedata.category(ch) in _UNSAFE_CATEGORIES
 
 
-def bare_name_problem(value: str) -> str | None:
-    """Qué le falta a ``value`` para ser un nombre de archivo simple, o None si ya lo es."""
+def _shape_problem(value: str) -> str | None:
+    """Lo común a toda regla de nombre: no vacío, no ``.``/``..``, sin separadores de ruta."""
     if not value or value in (".", ".."):
         return "it is empty or only dots"
     if "/" in value or "\\" in value:
         return "it contains '/' or '\\'"
+    return None
+
+
+def path_component_problem(value: str) -> str | None:
+    """Qué le falta a ``value`` para ser un solo componente de ruta seguro, o None si lo es."""
+    problem = _shape_problem(value)
+    if problem is None and "\x00" in value:
+        problem = "it contains a NUL character"
+    return problem
+
+
+def safe_filename_in(directory: Path, filename: str) -> Path:
+    """``directory/filename`` si ``filename`` es un solo componente (``path_component_problem``);
+    si no, ``ValueError`` con qué dar en su lugar."""
+    if not isinstance(filename, str) or path_component_problem(filename) is not None:
+        raise ValueError(f"{filename!r} is not a bare file name; give a name without any path, like clip.mp4")
+    return directory / filename
+
+
+def bare_name_problem(value: str) -> str | None:
+    """Qué le falta a ``value`` para ser un nombre de archivo simple, o None si ya lo es."""
+    problem = _shape_problem(value)
+    if problem is not None:
+        return problem
     if value.startswith("."):
         return "it starts with '.'"
     if any(_unsafe(ch) for ch in value):

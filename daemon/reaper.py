@@ -13,7 +13,6 @@ Una pasada recorre la raíz temporal y, para cada ``videonote_dl_*`` (y ``videon
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import shutil
 import stat
@@ -21,13 +20,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from daemon.dirlock import DIR_FLAGS, try_lock_fd
 from daemon.events import get_logger
-from daemon.temp_manager import DOWNLOAD_DIR_PREFIX, TEMP_DIR_PREFIX
+from daemon.temp_names import correlation_id_of, is_temp_name
 
 __all__ = ["ReapReport", "ReapedEntry", "reap_staging", "reap_temp_root"]
 
 _log = get_logger()
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(slots=True)
@@ -59,12 +58,6 @@ class ReapReport:
         return sum(entry.bytes_freed for entry in self.removed)
 
 
-def _correlation_id_of(name: str) -> str | None:
-    if name.startswith(DOWNLOAD_DIR_PREFIX):
-        return name[len(DOWNLOAD_DIR_PREFIX):]
-    return None
-
-
 def _tree_size(name: str, root_fd: int) -> int:
     """Bytes ocupados por los archivos bajo ``name`` (sin seguir enlaces)."""
     total = 0
@@ -92,12 +85,12 @@ def reap_temp_root(
     now = time.time() if now is None else now
     report = ReapReport(dry_run=dry_run)
     try:
-        root_fd = os.open(root, _DIR_FLAGS)
+        root_fd = os.open(root, DIR_FLAGS)
     except FileNotFoundError:
         return report
     try:
         with os.scandir(root_fd) as entries:
-            names = [e.name for e in entries if e.name.startswith(TEMP_DIR_PREFIX)]
+            names = [e.name for e in entries if is_temp_name(e.name)]
         for name in names:
             _reap_entry(name, root, root_fd, max_age, skip_ids, dry_run, now, report)
     finally:
@@ -129,7 +122,7 @@ def _reap_entry(
     now: float,
     report: ReapReport,
 ) -> None:
-    correlation_id = _correlation_id_of(name)
+    correlation_id = correlation_id_of(name)
     if correlation_id is not None and correlation_id in skip_ids:
         report.live += 1
         return
@@ -145,15 +138,13 @@ def _reap_entry(
                 os.unlink(name, dir_fd=root_fd)
             _record(report, name, root, correlation_id, age, 0, "symlink" if stat.S_ISLNK(st.st_mode) else "file")
             return
-        dir_fd = os.open(name, _DIR_FLAGS, dir_fd=root_fd)
+        dir_fd = os.open(name, DIR_FLAGS, dir_fd=root_fd)
         try:
-            try:
-                fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    report.locked += 1
-                    return
-                raise
+            # El cerrojo se toma sobre el mismo descriptor y se mantiene durante el borrado (una
+            # foto con is_dir_locked dejaría una ventana en la que una descarga viva entra).
+            if not try_lock_fd(dir_fd):
+                report.locked += 1
+                return
             size = _tree_size(name, root_fd)
             if not dry_run:
                 # rmtree con dir_fd es resistente a ataques de enlaces y rechaza un enlace en la cima.

@@ -24,7 +24,8 @@ import orjson
 from daemon.dirlock import DirLock, DirLockBusy
 from daemon.faultpoints import crash_point
 from daemon.ids import CORRELATION_ID_PATTERN, new_correlation_id
-from daemon.jobs import is_candidate_name, read_job_file
+from daemon.jobfile import is_candidate_name, read_job_file
+from daemon.naming import numbered_names
 from daemon.text import printable
 
 __all__ = ["SPOOL_SUBDIRS", "IncomingEntry", "Spool"]
@@ -205,17 +206,14 @@ class Spool:
     # --- ayudas -------------------------------------------------------------------------
     @staticmethod
     def _free_name(folder: Path, name: str, reserve_suffix: str = "") -> str:
-        stem, dot, ext = name.rpartition(".")
-        if not stem:
-            stem, dot, ext = name, "", ""
-        candidate = name
-        n = 0
-        while os.path.lexists(folder / candidate) or (
-            reserve_suffix and os.path.lexists(folder / f"{candidate}{reserve_suffix}")
-        ):
-            n += 1
-            candidate = f"{stem}.{n}{dot}{ext}"
-        return candidate
+        """El primer nombre libre en ``folder`` según ``daemon.naming`` (``job.yaml``, ``job-1.yaml``...);
+        con ``reserve_suffix`` también debe estar libre ``<nombre><reserve_suffix>``."""
+        for candidate in numbered_names(name):
+            if not os.path.lexists(folder / candidate) and not (
+                reserve_suffix and os.path.lexists(folder / f"{candidate}{reserve_suffix}")
+            ):
+                return candidate
+        raise OSError(errno.EEXIST, f"no free name for {printable(name)} in {folder}")
 
     def _write_atomic(self, path: Path, data: bytes, overwrite: bool) -> bool:
         """Escribe en tmp/, fsync, y publica con link() (sin pisar) o rename() (pisando)."""

@@ -15,28 +15,20 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 from daemon.events import get_logger
 from daemon.ids import validate_correlation_id
+from daemon.reaper import ReapReport, reap_temp_root
+from daemon.temp_names import DOWNLOAD_DIR_PREFIX, TEMP_DIR_PREFIX, correlation_id_of, download_dir_name
 
-if TYPE_CHECKING:
-    from daemon.reaper import ReapReport
-
+# Los nombres viven en daemon.temp_names; se reexportan aquí por compatibilidad.
 __all__ = ["DOWNLOAD_DIR_PREFIX", "TEMP_DIR_PREFIX", "TempManager", "download_dir_name"]
 
-DOWNLOAD_DIR_PREFIX = "videonote_dl_"
-TEMP_DIR_PREFIX = "videonote_"
-
 _log = get_logger()
-
-
-def download_dir_name(correlation_id: str) -> str:
-    """Nombre del directorio aislado de una descarga; valida el id (nunca es una ruta)."""
-    return DOWNLOAD_DIR_PREFIX + validate_correlation_id(correlation_id)
 
 
 class TempManager:
@@ -102,9 +94,18 @@ class TempManager:
 
     # --- directorios de descarga -----------------------------------------------------------
     @classmethod
-    def download_temp_path(cls, correlation_id: str, base_dir: Path | str | None = None) -> Path:
-        """Ruta (sin crearla) de ``videonote_dl_{correlation_id}``."""
+    def get_subdir(cls, correlation_id: str, base_dir: Path | str | None = None) -> Path:
+        """Ruta (sin crearla) del directorio aislado ``<raíz>/videonote_dl_{correlation_id}``.
+
+        Es el enlace del plan entre ``DownloadLifecycle`` y ``TempManager``: el ciclo de vida
+        encuentra aquí su directorio. Valida el id (``InvalidCorrelationId``): nunca es una ruta.
+        """
         return cls.temp_root(base_dir) / download_dir_name(correlation_id)
+
+    @classmethod
+    def download_temp_path(cls, correlation_id: str, base_dir: Path | str | None = None) -> Path:
+        """Ruta (sin crearla) de ``videonote_dl_{correlation_id}``; lo mismo que ``get_subdir``."""
+        return cls.get_subdir(correlation_id, base_dir)
 
     @classmethod
     def get_download_temp_dir(cls, correlation_id: str, base_dir: Path | str | None = None) -> Path:
@@ -113,7 +114,7 @@ class TempManager:
         Si ya existe se reutiliza: así una descarga interrumpida puede reanudarse. Un enlace
         simbólico con ese nombre se rechaza: nunca se escribe fuera de la raíz.
         """
-        path = cls.download_temp_path(correlation_id, base_dir)
+        path = cls.get_subdir(correlation_id, base_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             path.mkdir(mode=0o700)
@@ -136,7 +137,7 @@ class TempManager:
                 st = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
             except FileNotFoundError:
                 return False
-            if os.path.stat.S_ISDIR(st.st_mode):
+            if stat.S_ISDIR(st.st_mode):
                 shutil.rmtree(name, dir_fd=root_fd)
             else:
                 os.unlink(name, dir_fd=root_fd)
@@ -158,8 +159,9 @@ class TempManager:
             return ids
         with entries:
             for entry in entries:
-                if entry.name.startswith(DOWNLOAD_DIR_PREFIX) and entry.is_dir(follow_symlinks=False):
-                    ids.append(entry.name[len(DOWNLOAD_DIR_PREFIX):])
+                correlation_id = correlation_id_of(entry.name)
+                if correlation_id is not None and entry.is_dir(follow_symlinks=False):
+                    ids.append(correlation_id)
         return sorted(ids)
 
     @classmethod
@@ -171,7 +173,5 @@ class TempManager:
         dry_run: bool = False,
     ) -> ReapReport:
         """Una pasada del recolector: borra ``videonote_dl_*`` y ``videonote_*`` viejos y no bloqueados."""
-        from daemon.reaper import reap_temp_root
-
         return reap_temp_root(cls.temp_root(base_dir), max_age=max_age, skip_ids=skip_ids, dry_run=dry_run)
 

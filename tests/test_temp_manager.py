@@ -254,8 +254,7 @@ def test_instance_base_dir(tmp_path: Path) -> None:
 def test_dir_lock_is_exclusive_and_released(temp_root: Path) -> None:
     path = TempManager.get_download_temp_dir("locked")
     assert not is_dir_locked(path)
-    with DirLock(path) as lock:
-        assert lock.held
+    with DirLock(path):
         assert is_dir_locked(path)
         with pytest.raises(DirLockBusy):
             DirLock(path).acquire()

@@ -40,6 +40,7 @@ from daemon.downloaders.base import (
 from daemon.events import get_logger
 from daemon.faultpoints import apause_point, crash_point
 from daemon.ids import validate_correlation_id
+from daemon.names import safe_filename_in
 from daemon.temp_manager import TempManager
 
 __all__ = [
@@ -57,20 +58,6 @@ _log = get_logger()
 DownloadFunc = Callable[[DownloadOptions, ProgressCallback | None], Awaitable[DownloadResult]]
 
 
-def safe_filename_in(directory: Path, filename: str) -> Path:
-    """``directory/filename`` si ``filename`` es un nombre simple; si no, ``ValueError``."""
-    if (
-        not isinstance(filename, str)
-        or not filename
-        or filename in (".", "..")
-        or "/" in filename
-        or "\\" in filename
-        or "\x00" in filename
-    ):
-        raise ValueError(f"{filename!r} is not a bare file name; give a name without any path, like clip.mp4")
-    return directory / filename
-
-
 class IsolatedDownload:
     """Directorio aislado de una descarga como gestor de contexto.
 
@@ -86,7 +73,7 @@ class IsolatedDownload:
         self._keep = False
 
     def __enter__(self) -> Path:
-        path = TempManager.download_temp_path(self.correlation_id, self.base_temp_dir)
+        path = TempManager.get_subdir(self.correlation_id, self.base_temp_dir)
         reused = path.is_dir() and not path.is_symlink()
         path = TempManager.get_download_temp_dir(self.correlation_id, self.base_temp_dir)
         lock = DirLock(path)
@@ -117,7 +104,7 @@ class IsolatedDownload:
 
     def cleanup(self) -> bool:
         """Borra el directorio y suelta el cerrojo. Un error se registra, nunca se lanza."""
-        path = self.path or TempManager.download_temp_path(self.correlation_id, self.base_temp_dir)
+        path = self.path or TempManager.get_subdir(self.correlation_id, self.base_temp_dir)
         removed = False
         try:
             shutil.rmtree(path)
@@ -139,7 +126,7 @@ class IsolatedDownload:
 
     def get_path(self, filename: str) -> Path:
         """Ruta de ``filename`` dentro del directorio aislado (sólo nombres simples)."""
-        base = self.path or TempManager.download_temp_path(self.correlation_id, self.base_temp_dir)
+        base = self.path or TempManager.get_subdir(self.correlation_id, self.base_temp_dir)
         return safe_filename_in(base, filename)
 
 
@@ -317,6 +304,7 @@ def cleanup_download(correlation_id: str, base_temp_dir: Path | str | None = Non
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from daemon.downloaders.selftest import run_self_test
+    # La autoprueba se carga por nombre: este módulo no importa selftest (que sí lo importa a él).
+    import runpy
 
-    _sys.exit(run_self_test())
+    runpy.run_module("daemon.downloaders.selftest", run_name="__main__", alter_sys=True)

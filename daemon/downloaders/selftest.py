@@ -1,9 +1,10 @@
 """Autoprueba del plan: demuestra el aislamiento y la limpieza de los directorios de descarga.
 
-Se ejecuta con ``python daemon/downloaders/download_lifecycle.py`` (o llamando a
-``run_self_test()``). Imprime una línea legible por comprobación (PASS/FAIL) y devuelve 0 si
-todas pasan, 1 si alguna falla. Trabaja en una raíz temporal propia (``tempfile.mkdtemp``) que
-borra al terminar, y escribe sus eventos en un registro desechable dentro de ella.
+Se ejecuta con ``python daemon/downloaders/download_lifecycle.py``, con
+``python -m daemon.downloaders.selftest`` o llamando a ``run_self_test()``. Imprime una línea
+legible por comprobación (PASS/FAIL) y devuelve 0 si todas pasan, 1 si alguna falla. Trabaja en
+una raíz temporal propia (``tempfile.mkdtemp``) que borra al terminar, y escribe sus eventos en
+un registro desechable dentro de ella.
 """
 
 from __future__ import annotations
@@ -313,3 +314,7 @@ def run_self_test(out: TextIO | None = None) -> int:
     stream.write(f"{passed}/{len(checks)} checks passed{'' if failed else '; temp root removed'}\n")
     stream.flush()
     return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":  # pragma: no cover - también vía runpy desde download_lifecycle.py
+    sys.exit(run_self_test())

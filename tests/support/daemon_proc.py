@@ -22,15 +22,26 @@ import yaml
 __all__ = ["DaemonProcess", "wait_until"]
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> Any:
-    """Espera a que ``predicate()`` sea verdadero; falla con un mensaje claro si no llega."""
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    what: str = "",
+    error: Callable[[str], Exception] = AssertionError,
+) -> Any:
+    """Espera a que ``predicate()`` sea verdadero y devuelve su valor; si vence el plazo, lanza
+    ``error(mensaje)`` (``AssertionError`` en las pruebas; los bancos piden ``TimeoutError``).
+
+    El único ``wait_until`` del proyecto: lo usan las pruebas, los bancos (bench/common.py) y el
+    contenedor de systemd (tests/support/nspawn.py). El plazo sólo evita colgarse: no mide nada.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+            raise error(f"timed out after {timeout:g}s waiting for {what or predicate}")
         time.sleep(interval)
 
 

@@ -38,6 +38,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.support.daemon_proc import wait_until
+
 __all__ = [
     "Container",
     "ContainerError",
@@ -236,18 +238,8 @@ def build_wheelhouse(project_dir: Path, cache_root: Path) -> Path:
 
 
 def _wait(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Repite ``predicate`` hasta que devuelva algo verdadero; si vence el plazo, ContainerError.
-
-    El plazo solo evita colgarse para siempre: no es una aserción sobre la velocidad.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise ContainerError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+    """``wait_until`` que, si vence el plazo, lanza ContainerError (el plazo no mide la velocidad)."""
+    return wait_until(predicate, timeout, interval=interval, what=what, error=ContainerError)
 
 
 class Container:
