@@ -28,13 +28,14 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
+from daemon.dirlock import DIR_FLAGS
 from daemon.downloaders.base import PermanentDownloadError, StorageError
+from daemon.naming import numbered_names
 
 __all__ = [
     "PUBLISH_MARKER",
@@ -50,7 +51,6 @@ __all__ = [
 
 PUBLISH_MARKER = ".publish.json"
 STAGING_DIR = ".videonote-dl-staging"
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _STAGED_SUFFIX = ".partial"
 
 
@@ -65,14 +65,14 @@ class PublishedFile:
 def open_output_dir(output_root: Path, subdir: str | None) -> tuple[int, Path]:
     """Abre (creándola) la carpeta destino sin seguir enlaces; devuelve (fd, ruta)."""
     output_root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(output_root, _DIR_FLAGS)
+    fd = os.open(output_root, DIR_FLAGS)
     path = output_root
     try:
         for part in (subdir.split("/") if subdir else []):
             with contextlib.suppress(FileExistsError):
                 os.mkdir(part, 0o755, dir_fd=fd)
             try:
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                child = os.open(part, DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                     # Es un problema del almacenamiento de salida (como EACCES o ENOSPC): kind storage.
@@ -87,16 +87,6 @@ def open_output_dir(output_root: Path, subdir: str | None) -> tuple[int, Path]:
         os.close(fd)
         raise
     return fd, path
-
-
-def _candidates(filename: str, limit: int = 10000) -> Iterator[str]:
-    """``clip.mp4``, ``clip-1.mp4``, ``clip-2.mp4``... (perezoso: casi siempre basta el primero)."""
-    yield filename
-    stem, dot, ext = filename.rpartition(".")
-    if not stem:  # sin extensión o nombre que empieza por punto
-        stem, dot, ext = filename, "", ""
-    for n in range(1, limit):
-        yield f"{stem}-{n}{dot}{ext}"
 
 
 def _write_marker(marker: Path, data: dict[str, object]) -> None:
@@ -148,7 +138,7 @@ def publish_file(
 def _link_and_sync(source: str, source_dir_fd: int | None, dir_fd: int, dir_path: Path, filename: str,
                    fsync: bool) -> PublishedFile:
     """Enlaza ``source`` con el primer nombre libre y hace fsync de la carpeta (o lo retira)."""
-    for candidate in _candidates(filename):
+    for candidate in numbered_names(filename):
         try:
             os.link(source, candidate, src_dir_fd=source_dir_fd, dst_dir_fd=dir_fd)
         except FileExistsError:
@@ -171,7 +161,7 @@ def _open_staging(output_root: Path) -> int:
     with contextlib.suppress(FileExistsError):
         os.mkdir(output_root / STAGING_DIR, 0o700)
     try:
-        return os.open(output_root / STAGING_DIR, _DIR_FLAGS)
+        return os.open(output_root / STAGING_DIR, DIR_FLAGS)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             raise StorageError(f"{output_root / STAGING_DIR} is not a real folder (symlink or file); remove it",
@@ -219,7 +209,7 @@ def unpublish(path: Path, fsync: bool = True) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
         if fsync:
-            dir_fd = os.open(path.parent, _DIR_FLAGS)
+            dir_fd = os.open(path.parent, DIR_FLAGS)
             try:
                 os.fsync(dir_fd)
             finally:
@@ -229,7 +219,7 @@ def unpublish(path: Path, fsync: bool = True) -> None:
 def sweep_staging(output_root: Path, max_age: float = 0.0) -> int:
     """Borra copias preparadas abandonadas (más viejas que ``max_age`` y sin cerrojo); devuelve cuántas."""
     try:
-        staging_fd = os.open(output_root / STAGING_DIR, _DIR_FLAGS)
+        staging_fd = os.open(output_root / STAGING_DIR, DIR_FLAGS)
     except OSError:
         return 0
     removed = 0
@@ -280,7 +270,7 @@ def find_linked_publication(temp_dir: Path, output_dir: Path) -> Path | None:
 
 
 def _find_inode(directory: Path, filename: str, st: os.stat_result) -> Path | None:
-    for candidate in _candidates(filename, limit=100):
+    for candidate in numbered_names(filename, limit=100):
         try:
             other = os.stat(directory / candidate, follow_symlinks=False)
         except OSError:

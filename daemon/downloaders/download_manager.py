@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import errno
 import heapq
 import itertools
-import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,99 +40,17 @@ from daemon.downloaders.base import (
     error_record,
 )
 from daemon.downloaders.download_lifecycle import DownloadLifecycle, LifecycleState, safe_filename_in
+from daemon.downloaders.download_task import CancelResult, DownloadTask, RetryPolicy, TaskState
+from daemon.downloaders.job_finish import Finisher
 from daemon.events import bind_correlation_id, get_logger
-from daemon.faultpoints import apause_point, crash_point, pause_point
-from daemon.publish import PUBLISH_MARKER, find_linked_publication, publish_file, recover_publication, unpublish
+from daemon.faultpoints import apause_point, crash_point
+from daemon.publish import PUBLISH_MARKER, find_linked_publication, recover_publication
 from daemon.sha import file_sha256
 
 __all__ = ["CancelResult", "DownloadManager", "DownloadTask", "RetryPolicy", "TaskState"]
 
 _log = get_logger()
 _STORAGE_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EFBIG, errno.EDQUOT, errno.EROFS}
-# Fallos de almacenamiento al publicar que pueden pasar solos (se libera espacio, vuelve el disco).
-_TRANSIENT_PUBLISH_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO}
-
-
-class TaskState(enum.StrEnum):
-    """Estado de una tarea del gestor; los terminales son los cuatro últimos."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    RETRYING = "retrying"
-    PUBLISHING = "publishing"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    INTERRUPTED = "interrupted"
-
-
-class CancelResult(enum.StrEnum):
-    """Qué hizo ``DownloadManager.cancel``."""
-
-    CANCELLED = "cancelled"
-    TOO_LATE = "too_late"  # ya pasó el punto de no retorno: terminará como succeeded
-    UNKNOWN = "unknown"    # ni en cola ni en curso
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Reintentos con backoff exponencial y jitter; Retry-After del servidor manda si es mayor."""
-
-    retries: int = 3
-    backoff: float = 1.0
-    max_backoff: float = 300.0
-
-    def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        base = min(self.backoff * 2 ** (attempt - 1), self.max_backoff)
-        jittered = base * random.uniform(0.5, 1.0)
-        return float(max(jittered, retry_after or 0.0))
-
-
-@dataclass(slots=True, eq=False)
-class DownloadTask:
-    """Una descarga gestionada: su ciclo de vida, su directorio y su progreso."""
-
-    correlation_id: str
-    options: DownloadOptions
-    lifecycle: DownloadLifecycle
-    downloader: str = "http"
-    priority: int = 0
-    seq: int = 0
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    output_subdir: str | None = None
-    state: TaskState = TaskState.QUEUED
-    task: asyncio.Task[None] | None = None
-    queued_at: float = field(default_factory=time.time)
-    started_at: float | None = None
-    finished_at: float | None = None
-    bytes_done: int = 0
-    bytes_total: int | None = None
-    speed: float = 0.0
-    result: DownloadResult | None = None
-    published_path: Path | None = None
-    renamed: bool = False
-    error: dict[str, Any] | None = None
-    interrupt: bool = False
-    committed: bool = False  # pasó el punto de no retorno: termina como succeeded pase lo que pase
-    concluded: bool = False  # ``on_outcome`` ya recibió su desenlace (una sola vez)
-    publish_attempts: int = 0
-    _last_progress: tuple[float, int] = (0.0, 0)
-    _progress_events: int = 0
-
-    @property
-    def temp_dir(self) -> Path | None:
-        return self.lifecycle.temp_dir
-
-    @property
-    def attempt(self) -> int:
-        return self.lifecycle.record.attempt
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "id": self.correlation_id, "state": self.state, "downloader": self.downloader,
-            "attempt": self.attempt, "bytes": self.bytes_done, "total": self.bytes_total,
-            "speed": round(self.speed), "queued_at": self.queued_at, "started_at": self.started_at,
-        }
 
 
 Hook = Callable[[DownloadTask], None]
@@ -172,6 +87,7 @@ class DownloadManager:
         self.on_outcome = on_outcome
         self.on_finished = on_finished
         self.fsync = fsync
+        self.finisher = Finisher(output_root, fsync, on_outcome)
         self.resolve_auto = resolve_auto
         self.tasks: dict[str, DownloadTask] = {}
         self._heap: list[tuple[int, int, DownloadTask]] = []
@@ -398,13 +314,13 @@ class DownloadManager:
             await apause_point("temp_dir_created", job_id)
             previous = self._previous_publication(task, temp_dir, marker)
             if previous is not None:  # una caída entre publicar y registrar: sólo falta el registro
-                return await self._commit(task, previous, marker, recovered=True)
+                return await self.finisher.commit(task, previous, marker, recovered=True)
             result = await self._attempts(task, options, progress)
             await apause_point("download_complete", job_id)
             self._verify(options, result)
             await apause_point("verifying", job_id)
             crash_point("before_publish")
-            return await self._commit(task, result, marker, recovered=False)
+            return await self.finisher.commit(task, result, marker, recovered=False)
 
         return run
 
@@ -428,92 +344,6 @@ class DownloadManager:
             return None
         return DownloadResult(path=published, filename=published.name, size=published.stat().st_size,
                               sha256=file_sha256(published), published=True)
-
-    async def _commit(self, task: DownloadTask, result: DownloadResult, marker: Path,
-                      recovered: bool) -> DownloadResult:
-        """Publicar y registrar: el punto de no retorno.
-
-        Cada intento pasa el punto (``committed``) y corre entero en un hilo, protegido de la
-        cancelación. Un fallo de almacenamiento pasajero no deja nada en la salida y devuelve el
-        trabajo a antes del punto: la espera hasta el siguiente intento sí se puede cancelar o
-        interrumpir.
-        """
-        loop = asyncio.get_running_loop()
-        while True:
-            task.committed, task.state = True, TaskState.PUBLISHING
-            task.publish_attempts += 1
-            work = loop.run_in_executor(None, self._publish_and_record, task, result, marker, recovered)
-            try:
-                await self._shielded(work)
-                return result
-            except StorageError as exc:
-                if exc.details.get("errno") not in _TRANSIENT_PUBLISH_ERRNOS or \
-                        task.publish_attempts > task.retry.retries:
-                    raise
-                error = exc
-            task.committed, task.state = False, TaskState.RETRYING
-            delay = task.retry.delay(task.publish_attempts)
-            _log.warning("job.publish_retrying", correlation_id=task.correlation_id,
-                         publish_attempt=task.publish_attempts, delay_s=round(delay, 3), error=error.to_record())
-            await asyncio.sleep(delay)
-
-    @staticmethod
-    async def _shielded(work: asyncio.Future[None]) -> None:
-        """Espera ``work`` hasta el final aunque cancelen a quien espera (y no deja la cancelación
-        pendiente si el trabajo ya quedó registrado)."""
-        cancelled = False
-        while True:
-            try:
-                await asyncio.shield(work)
-                break
-            except asyncio.CancelledError:
-                if work.done():
-                    break
-                cancelled = True
-        if cancelled:
-            current = asyncio.current_task()
-            if current is not None:
-                current.uncancel()
-        work.result()
-
-    def _publish_and_record(self, task: DownloadTask, result: DownloadResult, marker: Path,
-                            recovered: bool) -> None:
-        """En un hilo de trabajo: publicar por ``link()`` (o copia) y escribir el registro terminal."""
-        job_id = task.correlation_id
-        pause_point("publishing", job_id)
-        if recovered:
-            published_path, renamed = result.path, False
-            _log.info("job.published", correlation_id=job_id, path=str(published_path), recovered=True,
-                      size=result.size, sha256=result.sha256)
-        else:
-            published = publish_file(result.path, self.output_root, task.output_subdir, result.filename, marker,
-                                     self.fsync)
-            published_path, renamed = published.path, published.renamed
-            _log.info("job.published", correlation_id=job_id, path=str(published_path), renamed=renamed,
-                      size=result.size, sha256=result.sha256)
-        task.published_path, task.renamed, task.result = published_path, renamed, result
-        pause_point("published", job_id)
-        crash_point("after_publish")
-        task.state, task.finished_at = TaskState.SUCCEEDED, time.time()
-        try:
-            self._conclude_or_raise(task)
-        except OSError as exc:
-            # Sin registro no hay éxito: el nombre público se retira y el intento falla como
-            # almacenamiento (se reintenta si es pasajero). El archivo sigue en el directorio aislado.
-            task.state, task.published_path, task.concluded = TaskState.PUBLISHING, None, False
-            unpublish(published_path, self.fsync)
-            marker.unlink(missing_ok=True)
-            _log.warning("job.unpublished", correlation_id=job_id, path=str(published_path),
-                         reason=f"the terminal record could not be written: {exc.strerror or exc}")
-            raise StorageError(f"cannot write the terminal record: {exc.strerror or exc}", errno=exc.errno) from None
-        result.path, result.filename, result.published = published_path, published_path.name, True
-        task.result = result
-        pause_point("recorded", job_id)
-
-    def _conclude_or_raise(self, task: DownloadTask) -> None:
-        task.concluded = True
-        if self.on_outcome is not None:
-            self.on_outcome(task)
 
     async def _attempts(
         self, task: DownloadTask, options: DownloadOptions, progress: Callable[[int, int | None], None] | None

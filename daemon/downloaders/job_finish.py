@@ -1,0 +1,123 @@
+"""El final del camino de un trabajo: publicar y registrar, pasado el punto de no retorno.
+
+Cada intento pasa el punto (``DownloadTask.committed``) y corre entero en un hilo de trabajo,
+protegido de la cancelación: publicar (``link()`` o copia preparada) y escribir el registro
+terminal (``on_outcome``). Sin registro no hay éxito: si no se puede escribir, el nombre público
+se retira. Un fallo de almacenamiento pasajero (ENOSPC, EDQUOT, EIO) no deja nada en la salida y
+devuelve el trabajo a antes del punto; la espera hasta el siguiente intento sí se puede cancelar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from daemon.downloaders.base import DownloadResult, StorageError
+from daemon.downloaders.download_task import DownloadTask, TaskState
+from daemon.events import get_logger
+from daemon.faultpoints import crash_point, pause_point
+from daemon.publish import publish_file, unpublish
+
+__all__ = ["Finisher"]
+
+_log = get_logger()
+# Fallos de almacenamiento al publicar que pueden pasar solos (se libera espacio, vuelve el disco).
+_TRANSIENT_PUBLISH_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO}
+
+
+class Finisher:
+    """Publica y registra el resultado de una tarea (``commit``); ``on_outcome`` escribe el registro."""
+
+    def __init__(self, output_root: Path, fsync: bool, on_outcome: Callable[[DownloadTask], None] | None) -> None:
+        self.output_root = output_root
+        self.fsync = fsync
+        self.on_outcome = on_outcome
+
+    async def commit(self, task: DownloadTask, result: DownloadResult, marker: Path,
+                     recovered: bool) -> DownloadResult:
+        """Publicar y registrar: el punto de no retorno.
+
+        Cada intento pasa el punto (``committed``) y corre entero en un hilo, protegido de la
+        cancelación. Un fallo de almacenamiento pasajero no deja nada en la salida y devuelve el
+        trabajo a antes del punto: la espera hasta el siguiente intento sí se puede cancelar o
+        interrumpir.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            task.committed, task.state = True, TaskState.PUBLISHING
+            task.publish_attempts += 1
+            work = loop.run_in_executor(None, self._publish_and_record, task, result, marker, recovered)
+            try:
+                await self._shielded(work)
+                return result
+            except StorageError as exc:
+                if exc.details.get("errno") not in _TRANSIENT_PUBLISH_ERRNOS or \
+                        task.publish_attempts > task.retry.retries:
+                    raise
+                error = exc
+            task.committed, task.state = False, TaskState.RETRYING
+            delay = task.retry.delay(task.publish_attempts)
+            _log.warning("job.publish_retrying", correlation_id=task.correlation_id,
+                         publish_attempt=task.publish_attempts, delay_s=round(delay, 3), error=error.to_record())
+            await asyncio.sleep(delay)
+
+    @staticmethod
+    async def _shielded(work: asyncio.Future[None]) -> None:
+        """Espera ``work`` hasta el final aunque cancelen a quien espera (y no deja la cancelación
+        pendiente si el trabajo ya quedó registrado)."""
+        cancelled = False
+        while True:
+            try:
+                await asyncio.shield(work)
+                break
+            except asyncio.CancelledError:
+                if work.done():
+                    break
+                cancelled = True
+        if cancelled:
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+        work.result()
+
+    def _publish_and_record(self, task: DownloadTask, result: DownloadResult, marker: Path,
+                            recovered: bool) -> None:
+        """En un hilo de trabajo: publicar por ``link()`` (o copia) y escribir el registro terminal."""
+        job_id = task.correlation_id
+        pause_point("publishing", job_id)
+        if recovered:
+            published_path, renamed = result.path, False
+            _log.info("job.published", correlation_id=job_id, path=str(published_path), recovered=True,
+                      size=result.size, sha256=result.sha256)
+        else:
+            published = publish_file(result.path, self.output_root, task.output_subdir, result.filename, marker,
+                                     self.fsync)
+            published_path, renamed = published.path, published.renamed
+            _log.info("job.published", correlation_id=job_id, path=str(published_path), renamed=renamed,
+                      size=result.size, sha256=result.sha256)
+        task.published_path, task.renamed, task.result = published_path, renamed, result
+        pause_point("published", job_id)
+        crash_point("after_publish")
+        task.state, task.finished_at = TaskState.SUCCEEDED, time.time()
+        try:
+            self._conclude_or_raise(task)
+        except OSError as exc:
+            # Sin registro no hay éxito: el nombre público se retira y el intento falla como
+            # almacenamiento (se reintenta si es pasajero). El archivo sigue en el directorio aislado.
+            task.state, task.published_path, task.concluded = TaskState.PUBLISHING, None, False
+            unpublish(published_path, self.fsync)
+            marker.unlink(missing_ok=True)
+            _log.warning("job.unpublished", correlation_id=job_id, path=str(published_path),
+                         reason=f"the terminal record could not be written: {exc.strerror or exc}")
+            raise StorageError(f"cannot write the terminal record: {exc.strerror or exc}", errno=exc.errno) from None
+        result.path, result.filename, result.published = published_path, published_path.name, True
+        task.result = result
+        pause_point("recorded", job_id)
+
+    def _conclude_or_raise(self, task: DownloadTask) -> None:
+        task.concluded = True
+        if self.on_outcome is not None:
+            self.on_outcome(task)
