@@ -25,7 +25,7 @@ from daemon.config import ConfigError, Settings, load_settings, restart_required
 from daemon.downloaders.base import Downloader, DownloadOptions
 from daemon.downloaders.download_lifecycle import cleanup_download
 from daemon.downloaders.download_manager import CancelResult, DownloadManager, DownloadTask, RetryPolicy
-from daemon.downloaders.http import HttpDownloader
+from daemon.downloaders.http_downloader import HttpDownloader
 from daemon.events import get_logger, reopen_event_log, set_log_level
 from daemon.faultpoints import apause_point, crash_point
 from daemon.ids import new_correlation_id

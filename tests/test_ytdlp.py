@@ -37,6 +37,7 @@ from daemon.downloaders.base import (
     UnsupportedUrl,
 )
 from daemon.downloaders.download_lifecycle import DownloadLifecycle
+from daemon.downloaders.netguard import FORBIDDEN_MESSAGE, is_forbidden_address
 from daemon.downloaders.ytdlp import (
     FormatUnavailable,
     MediaUnavailable,
@@ -47,7 +48,6 @@ from daemon.downloaders.ytdlp import (
     pick_downloader,
     ytdlp_command,
 )
-from daemon.downloaders.ytdlp_zygote import FORBIDDEN_MESSAGE, is_forbidden_address
 from tests.support.http_server import Behavior, TestServer
 
 MODES = ["subprocess", "zygote"]
@@ -545,10 +545,10 @@ def test_network_guard_stops_ytdlp_inside_the_process(server: TestServer, tmp_pa
 
 
 def test_network_guard_in_zygote_children(server: TestServer, tmp_path: Path) -> None:
-    from daemon.downloaders.ytdlp import _ZygoteClient
+    from daemon.downloaders.ytdlp.zygote_client import ZygoteClient
 
     async def main() -> tuple[int | None, list[str]]:
-        client = _ZygoteClient(sys.executable)
+        client = ZygoteClient(sys.executable)
         try:
             assert await client.ensure_started()
             argv = build_argv(DownloadOptions(url=server.url("/media/clip.mp4"), output_path=tmp_path))
