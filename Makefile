@@ -27,10 +27,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check daemon tests bench
+	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check daemon tests bench
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache

@@ -78,7 +78,7 @@ import json, statistics, sys, time
 sys.path.insert(0, sys.argv[1])
 def rss():
     return int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20
-import daemon, daemon.downloaders.ytdlp as y
+import daemon, daemon.downloaders.ytdlp.extractors as y
 out = {"rss_before_mib": round(rss(), 1), "yt_dlp_imported_at_daemon_import": "yt_dlp" in sys.modules}
 t, c = time.perf_counter(), time.process_time()
 y.pick_downloader("https://www.youtube.com/watch?v=dQw4w9WgXcQ")

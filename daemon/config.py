@@ -15,7 +15,37 @@ from typing import Any
 
 import yaml
 
-from daemon.units import parse_duration, parse_size
+from daemon.config_values import (
+    boolean as _boolean,
+)
+from daemon.config_values import (
+    int_between as _int_between,
+)
+from daemon.config_values import (
+    listen as _listen,
+)
+from daemon.config_values import (
+    log_level as _log_level,
+)
+from daemon.config_values import (
+    networks as _networks,
+)
+from daemon.config_values import (
+    optional_path as _optional_path,
+)
+from daemon.config_values import (
+    path as _path,
+)
+from daemon.config_values import (
+    positive_duration as _positive_duration,
+)
+from daemon.config_values import (
+    positive_size as _positive_size,
+)
+from daemon.config_values import (
+    schemes as _schemes,
+)
+from daemon.units import parse_duration
 
 __all__ = [
     "CONFIG_ENV_VAR",
@@ -40,8 +70,6 @@ __all__ = [
 CONFIG_ENV_VAR = "VIDEONOTE_DL_CONFIG"
 SYSTEM_CONFIG = Path("/etc/videonote-dl/config.yaml")
 LOCAL_CONFIG = Path("config.yaml")
-LOG_LEVELS = ("debug", "info", "warning", "error")
-KNOWN_SCHEMES = ("http", "https")
 
 
 class ConfigError(Exception):
@@ -123,91 +151,6 @@ class SettingSpec:
     live: bool
     help: str
     convert: Callable[[Any], Any] = field(repr=False, compare=False, default=lambda v: v)
-
-
-def _int_between(low: int, high: int) -> Callable[[Any], int]:
-    def convert(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected an integer from {low} to {high}, got {value!r}")
-        if not low <= value <= high:
-            raise ValueError(f"expected an integer from {low} to {high}, got {value}")
-        return value
-
-    return convert
-
-
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
-    return value
-
-
-def _path(value: Any) -> Path:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected a path, got {value!r}")
-    return Path(value)
-
-
-def _log_level(value: Any) -> str:
-    if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
-        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
-    return value.lower()
-
-
-def _schemes(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value or not all(isinstance(s, str) for s in value):
-        raise ValueError(f"expected a non-empty list drawn from {list(KNOWN_SCHEMES)}, got {value!r}")
-    unknown = [s for s in value if s.lower() not in KNOWN_SCHEMES]
-    if unknown:
-        raise ValueError(f"unsupported scheme(s) {unknown}; allowed: {list(KNOWN_SCHEMES)}")
-    return tuple(dict.fromkeys(s.lower() for s in value))
-
-
-def _optional_path(value: Any) -> Path | None:
-    if value is None or value == "":
-        return None
-    return _path(value)
-
-
-def _networks(value: Any) -> tuple[str, ...]:
-    from daemon.downloaders.netguard import parse_networks
-
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"expected a list of networks like [10.1.2.0/24], got {value!r}")
-    return tuple(str(net) for net in parse_networks(value))
-
-
-def _listen(value: Any) -> str | None:
-    """``host:puerto`` (``127.0.0.1:9464``, ``[::1]:9464``) o la ruta de un socket unix; null: apagado."""
-    if value is None or value is False or value == "":
-        return None
-    if not isinstance(value, str):
-        raise ValueError(f"expected host:port (e.g. 127.0.0.1:9464) or a unix socket path, got {value!r}")
-    if "/" in value:
-        return value
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"{value!r} is not host:port with a port from 1 to 65535 (e.g. 127.0.0.1:9464), "
-                         "nor a unix socket path (e.g. /run/videonote-dl/metrics.sock)")
-    if not host.strip("[]"):
-        raise ValueError(f"{value!r} has no host; write 127.0.0.1:{port} (or 0.0.0.0:{port} for every interface)")
-    return value
-
-
-def _positive_duration(value: Any) -> float:
-    seconds = parse_duration(value)
-    if seconds <= 0:
-        raise ValueError(f"expected a duration above zero, got {value!r}")
-    return seconds
-
-
-def _positive_size(value: Any) -> int:
-    size = parse_size(value)
-    if size <= 0:
-        raise ValueError(f"expected a size above zero, got {value!r}")
-    return size
 
 
 SCHEMA: tuple[SettingSpec, ...] = (

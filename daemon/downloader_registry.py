@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from daemon.config import Settings
 from daemon.downloaders.base import Downloader
-from daemon.downloaders.http import HttpDownloader
+from daemon.downloaders.http_downloader import HttpDownloader
 from daemon.events import get_logger
 from daemon.jobs import JobSpec
 

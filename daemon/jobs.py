@@ -11,14 +11,12 @@ Cualquier fallo es ``JobRejected`` con un motivo que dice qué corregir.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import urlsplit
 
 from daemon.ids import CORRELATION_ID_PATTERN, new_correlation_id
 from daemon.job_headers import MAX_HEADERS, validate_forward_headers, validate_headers
@@ -28,6 +26,7 @@ from daemon.names import bare_name_problem
 from daemon.strict_yaml import load_job_document
 from daemon.text import UNSAFE_CHARS as _CONTROL
 from daemon.units import parse_duration, parse_size
+from daemon.urls import UrlRejected, check_url
 
 __all__ = [
     "JOB_FIELDS",
@@ -48,10 +47,7 @@ __all__ = [
 
 JOB_SUFFIXES = (".yaml", ".yml", ".json")
 DOWNLOADERS = ("auto", "http", "ytdlp")
-_SPACE = re.compile(r"\s")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-_NUMERIC_LABEL = re.compile(r"0[xX][0-9a-fA-F]*|[0-9]+")
-_MAX_URL = 8192
 _MAX_FORMAT = 256
 _RETRIES = (0, 100)
 _PRIORITY = (-1000, 1000)
@@ -123,52 +119,10 @@ def validate_bare_name(value: Any, field: str) -> str:
 
 
 def _validate_url(value: Any, limits: JobLimits) -> str:
-    if not isinstance(value, str) or not value:
-        raise JobRejected("'url' must be a non-empty string like https://example.org/file.mp4")
-    if len(value) > _MAX_URL:
-        raise JobRejected(f"'url' is longer than {_MAX_URL} characters")
-    if value.lstrip().startswith("-"):
-        raise JobRejected("'url' must start with a scheme like https://, not '-' (it is never passed as an option)")
-    if _CONTROL.search(value) or _SPACE.search(value):
-        raise JobRejected("'url' contains spaces or control characters; percent-encode them (%20)")
     try:
-        parts = urlsplit(value)
-        port = parts.port
-    except ValueError as exc:
-        # El mensaje de urllib puede citar el netloc, con credenciales: no se repite.
-        detail = "characters not allowed in the host" if "netloc" in str(exc) else str(exc)
-        raise JobRejected(f"'url' is not a valid URL ({detail}); write it like https://example.org/file.mp4") from None
-    scheme = parts.scheme.lower()
-    if not scheme:
-        raise JobRejected("'url' has no scheme; write it in full like https://example.org/file.mp4")
-    if scheme not in limits.allowed_schemes:
-        raise JobRejected(
-            f"URL scheme {scheme or '(none)'!r} is not allowed; allowed: {', '.join(limits.allowed_schemes)}"
-        )
-    if not parts.hostname:
-        raise JobRejected("'url' has no host; write a full URL like https://example.org/file.mp4")
-    _check_numeric_host(parts.hostname)
-    if port == 0:
-        raise JobRejected("'url' has port 0; give a real port or none")
-    return value
-
-
-def _check_numeric_host(host: str) -> None:
-    """Rechaza IPv4 escritas de forma no canónica (0x7f000001, 2130706433, 0177.0.0.1, 127.1).
-
-    Cada pila de red las entiende a su manera (getaddrinfo las acepta, yarl no): se exige la
-    forma a.b.c.d para que el destino sea el mismo para todos los descargadores.
-    """
-    labels = host.rstrip(".").split(".")
-    if not all(_NUMERIC_LABEL.fullmatch(label) for label in labels):
-        return  # un nombre DNS o una IPv6: la red decide con la dirección resuelta
-    try:
-        ipaddress.IPv4Address(host.rstrip("."))
-    except ValueError:
-        raise JobRejected(
-            f"'url' host {host[:80]!r} is an IPv4 address in a non-canonical form (hex, octal, integer or "
-            "short); write it as four decimal numbers like 192.0.2.10"
-        ) from None
+        return check_url(value, limits.allowed_schemes).url
+    except UrlRejected as exc:
+        raise JobRejected(exc.reason) from None
 
 
 def _validate_output_dir(value: Any) -> str:

@@ -259,7 +259,7 @@ def _run_manager(temp_root: Path, output: Path, job_id: str, url: str) -> Any:
 
     from daemon.downloaders.base import DownloadOptions
     from daemon.downloaders.download_manager import DownloadManager
-    from daemon.downloaders.http import HttpDownloader
+    from daemon.downloaders.http_downloader import HttpDownloader
 
     async def main() -> Any:
         downloader = HttpDownloader(fsync=False)

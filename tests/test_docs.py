@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.downloaders import base, http, ytdlp  # noqa: F401 (importar define sus clases de error)
+from daemon.downloaders import base, http_downloader, ytdlp  # noqa: F401 (importar define sus clases de error)
 from daemon.error_kinds import ABSTRACT_KINDS, ERROR_KINDS
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ import pytest
 
 from daemon.downloaders.base import DownloadOptions
 from daemon.downloaders.download_manager import DownloadManager, DownloadTask, RetryPolicy
-from daemon.downloaders.http import HttpDownloader
+from daemon.downloaders.http_downloader import HttpDownloader
 from daemon.error_kinds import ERROR_KINDS
 from daemon.names import bare_name_problem
 from tests.conftest import EventLog

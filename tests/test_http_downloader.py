@@ -35,7 +35,8 @@ from daemon.downloaders.base import (
     TransientDownloadError,
 )
 from daemon.downloaders.download_lifecycle import DownloadLifecycle, LifecycleState
-from daemon.downloaders.http import HttpDownloader, sanitize_filename
+from daemon.downloaders.http_downloader import HttpDownloader
+from daemon.names import safe_name
 from tests.conftest import EventLog
 from tests.support.http_server import Behavior, TestServer
 
@@ -134,8 +135,8 @@ def test_content_disposition_name_is_sanitised(temp_root: Path, test_server: Tes
     ("../../etc/shadow", "shadow"), ("a\x00b\nc", "a_b_c"), ("..", "download"), ("", "download"),
     ("C:\\evil\\x.exe", "x.exe"), (".hidden", "hidden"),
 ])
-def test_sanitize_filename(raw: str, expected: str) -> None:
-    assert sanitize_filename(raw) == expected
+def test_server_names_are_sanitized(raw: str, expected: str) -> None:
+    assert safe_name(raw) == expected
 
 
 def test_relative_redirect_is_followed(temp_root: Path, test_server: TestServer) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 import pytest
 
+from daemon.downloaders import netguard
 from daemon.downloaders.base import (
     DownloadOptions,
     DownloadResult,
@@ -37,6 +38,7 @@ from daemon.downloaders.base import (
     UnsupportedUrl,
 )
 from daemon.downloaders.download_lifecycle import DownloadLifecycle
+from daemon.downloaders.netguard import FORBIDDEN_MESSAGE, is_forbidden_address
 from daemon.downloaders.ytdlp import (
     FormatUnavailable,
     MediaUnavailable,
@@ -47,7 +49,6 @@ from daemon.downloaders.ytdlp import (
     pick_downloader,
     ytdlp_command,
 )
-from daemon.downloaders.ytdlp_zygote import FORBIDDEN_MESSAGE, is_forbidden_address
 from tests.support.http_server import Behavior, TestServer
 
 MODES = ["subprocess", "zygote"]
@@ -544,11 +545,37 @@ def test_network_guard_stops_ytdlp_inside_the_process(server: TestServer, tmp_pa
     assert isinstance(error, PrivateAddressRefused) and error.transient is False
 
 
+def test_helper_script_loads_the_one_netguard_without_the_daemon_package(tmp_path: Path) -> None:
+    # El proceso auxiliar se ejecuta por ruta (``python -P .../zygote_server.py``): carga
+    # netguard.py desde su archivo y no paga la importación del paquete daemon (~0,1 s por trabajo).
+    from daemon.downloaders.ytdlp.argv import ZYGOTE_SCRIPT
+    from daemon.downloaders.ytdlp.extractors import ytdlp_version
+
+    proc = subprocess.run([sys.executable, "-X", "importtime", *ytdlp_command(["--version"], guard=True)[1:]],
+                          cwd=tmp_path, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == ytdlp_version()
+    imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    assert "yt_dlp" in imported
+    assert not [name for name in imported if name == "daemon" or name.startswith("daemon.")]
+    # La guarda que instala es la de daemon/downloaders/netguard.py, no una copia.
+    probe = (
+        "import runpy, sys\n"
+        f"g = runpy.run_path({str(ZYGOTE_SCRIPT)!r}, run_name='probe')\n"
+        "print(g['_netguard'].__file__)\n"
+        "print(sorted(m for m in sys.modules if m == 'daemon' or m.startswith('daemon.')))\n"
+    )
+    proc = subprocess.run([sys.executable, "-P", "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[:2] == [str(Path(netguard.__file__).resolve()), "[]"]
+
+
 def test_network_guard_in_zygote_children(server: TestServer, tmp_path: Path) -> None:
-    from daemon.downloaders.ytdlp import _ZygoteClient
+    from daemon.downloaders.ytdlp.zygote_client import ZygoteClient
 
     async def main() -> tuple[int | None, list[str]]:
-        client = _ZygoteClient(sys.executable)
+        client = ZygoteClient(sys.executable)
         try:
             assert await client.ensure_started()
             argv = build_argv(DownloadOptions(url=server.url("/media/clip.mp4"), output_path=tmp_path))

@@ -80,7 +80,6 @@ class DownloadResult:
     filename: str
     size: int
     sha256: str
-    content_type: str | None = None
     final_url: str | None = None
     resumed: bool = False
     published: bool = False

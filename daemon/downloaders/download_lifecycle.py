@@ -10,15 +10,6 @@ autoprueba del plan: aislamiento y limpieza en éxito, fallo, excepción y por i
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # pragma: no cover - sólo al ejecutarlo como script
-    # Como script, sys.path[0] sería daemon/downloaders, donde http.py taparía al módulo http
-    # de la biblioteca estándar: se quita antes de importar nada más.
-    import os as _os
-    import sys as _sys
-
-    _here = _os.path.dirname(_os.path.abspath(__file__))
-    _sys.path[:] = [p for p in _sys.path if _os.path.abspath(p or ".") != _here]
-
 import asyncio
 import enum
 import shutil

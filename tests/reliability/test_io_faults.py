@@ -35,8 +35,8 @@ import orjson
 import pytest
 
 from daemon.config import load_settings
-from daemon.downloaders.http import PART_NAME
-from daemon.downloaders.http import WRITE_BATCH as HTTP_WRITE_BATCH
+from daemon.downloaders.http_downloader import PART_NAME
+from daemon.downloaders.http_downloader import WRITE_BATCH as HTTP_WRITE_BATCH
 from daemon.verify import verify_spool
 from tests.support.daemon_proc import DaemonProcess, wait_until
 from tests.support.http_server import Behavior, TestServer

@@ -1,16 +1,16 @@
-"""Proceso auxiliar de yt-dlp: guarda de red, ejecución en proceso y servidor de fork ("zigoto").
+"""Proceso auxiliar de yt-dlp: ejecución en proceso con la guarda de red y servidor de fork ("zigoto").
 
-Este módulo sólo usa la biblioteca estándar (más ``yt_dlp``, importado cuando hace falta) para
-poder ejecutarse por ruta con ``python -P ruta/ytdlp_zygote.py ...`` sin importar el paquete
-``daemon`` (más rápido y con menos memoria, y ``-P`` evita que ``daemon/downloaders`` entre en
-``sys.path``, donde ``http.py`` taparía al módulo ``http`` de la biblioteca estándar).
+Este módulo sólo usa la biblioteca estándar (más ``yt_dlp``, importado cuando hace falta, y
+``netguard.py``, cargado por ruta) para poder ejecutarse por ruta con
+``python -P ruta/zygote_server.py ...`` sin importar el paquete ``daemon`` (más rápido y con menos
+memoria en cada proceso; ``-P`` evita que el directorio del script entre en ``sys.path``).
 
 Dos subórdenes:
 
 ``run ARGS...``
-    Instala la guarda de red (rechaza conexiones a direcciones no públicas) y ejecuta
-    ``yt_dlp.main(ARGS)`` en este mismo proceso. Es la etapa 1 (un subproceso por trabajo)
-    cuando el trabajo no admite redes privadas.
+    Instala la guarda de red (``netguard.install_network_guard``: rechaza conexiones a
+    direcciones no públicas) y ejecuta ``yt_dlp.main(ARGS)`` en este mismo proceso. Es la
+    etapa 1 (un subproceso por trabajo) cuando el trabajo no admite redes privadas.
 
 ``serve FD``
     El zigoto: importa ``yt_dlp`` una sola vez, precompila las expresiones de todos los
@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import gc
-import ipaddress
+import importlib.util
 import json
 import os
 import selectors
@@ -41,97 +41,39 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
+from types import ModuleType
 from typing import Any
 
-__all__ = [
-    "FORBIDDEN_MESSAGE",
-    "install_network_guard",
-    "is_forbidden_address",
-    "main",
-    "run_ytdlp",
-    "serve",
-]
+__all__ = ["main", "run_ytdlp", "serve"]
 
-# Texto que identifica una conexión rechazada por la guarda; ytdlp.py lo busca en stderr.
-FORBIDDEN_MESSAGE = "videonote-dl refused a connection to a non-public address"
-
-# Prefijo NAT64 (RFC 6052): lleva una IPv4 incrustada que hay que comprobar también.
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _MAX_REQUEST = 1 << 20
 _SHUTDOWN_GRACE = 3.0
 
 
-def is_forbidden_address(address: str) -> bool:
-    """True si ``address`` (una IP literal) no es una dirección pública unicast.
+def _load_netguard() -> ModuleType:
+    """``daemon/downloaders/netguard.py``, la única guarda de direcciones.
 
-    Rechaza loopback, privadas, enlace local (incluido 169.254.169.254, el servicio de
-    metadatos de las nubes), CGNAT, sin especificar, multicast y reservadas; las IPv6 con una
-    IPv4 incrustada (mapeadas, NAT64) se juzgan por esa IPv4. ``ValueError`` si no es una IP.
+    Importado como parte del paquete, se importa como siempre; ejecutado por ruta, se carga
+    desde su archivo sin importar el paquete ``daemon`` (que costaría ~0,1 s por proceso).
+    netguard sólo usa la biblioteca estándar, así que carga igual en los dos casos.
     """
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        elif ip in _NAT64:
-            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    return (
-        not ip.is_global
-        or ip.is_multicast
-        or ip.is_unspecified
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_private
-        or ip.is_reserved
-    )
+    if __package__:
+        return importlib.import_module("daemon.downloaders.netguard")
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "netguard.py")
+    spec = importlib.util.spec_from_file_location("videonote_dl_netguard", path)
+    if spec is None or spec.loader is None:  # pragma: no cover - el archivo es parte del paquete
+        raise ImportError(f"cannot load the network guard from {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def install_network_guard() -> None:
-    """Hace que todo ``connect()`` TCP/UDP de este proceso rechace direcciones no públicas.
-
-    Se comprueba la dirección a la que de verdad se conecta (después de resolver), así que
-    cubre redirecciones, peticiones internas de los extractores, fragmentos y DNS rebinding.
-    Si se pasa un nombre en lugar de una IP, se resuelve aquí y se conecta a la IP comprobada.
-    No cubre código C que abra sus propios sockets (curl_cffi), ni un proxy configurado por
-    entorno cuya dirección sea privada (se rechazaría también).
-    """
-    cls = socket.socket
-    if getattr(cls, "_videonote_guard", False):
-        return
-    original_connect = cls.connect
-    original_connect_ex = cls.connect_ex
-
-    def _checked(sock: socket.socket, address: Any) -> Any:
-        if sock.family not in (socket.AF_INET, socket.AF_INET6) or not isinstance(address, tuple):
-            return address
-        host = str(address[0])
-        try:
-            forbidden = is_forbidden_address(host)
-        except ValueError:
-            # Un nombre: resolver aquí y conectar a la dirección comprobada.
-            infos = socket.getaddrinfo(host, address[1], sock.family, sock.type)
-            if not infos:
-                raise OSError(errno.EHOSTUNREACH, f"cannot resolve {host}") from None
-            resolved = infos[0][4]
-            forbidden = is_forbidden_address(str(resolved[0]))
-            host, address = str(resolved[0]), resolved
-        if forbidden:
-            raise PermissionError(errno.EACCES, f"{FORBIDDEN_MESSAGE} ({host})")
-        return address
-
-    def connect(self: socket.socket, address: Any) -> None:
-        original_connect(self, _checked(self, address))
-
-    def connect_ex(self: socket.socket, address: Any) -> int:
-        return original_connect_ex(self, _checked(self, address))
-
-    cls.connect = connect  # type: ignore[method-assign]
-    cls.connect_ex = connect_ex  # type: ignore[method-assign]
-    cls._videonote_guard = True  # type: ignore[attr-defined]
+_netguard = _load_netguard()
 
 
 def run_ytdlp(argv: Sequence[str]) -> int:
     """Ejecuta ``yt_dlp.main(argv)`` en este proceso y devuelve su código de salida."""
-    import yt_dlp
+    import yt_dlp  # type: ignore[import-untyped]
 
     try:
         yt_dlp.main(list(argv))
@@ -202,13 +144,13 @@ def _warm_up() -> str:
         re._MAXCACHE = 8192  # type: ignore[attr-defined]
 
     import yt_dlp
-    import yt_dlp.downloader.http
-    import yt_dlp.extractor.generic
-    import yt_dlp.networking
-    import yt_dlp.networking.common
-    import yt_dlp.postprocessor
+    import yt_dlp.downloader.http  # type: ignore[import-untyped]
+    import yt_dlp.extractor.generic  # type: ignore[import-untyped]
+    import yt_dlp.networking  # type: ignore[import-untyped]
+    import yt_dlp.networking.common  # type: ignore[import-untyped]
+    import yt_dlp.postprocessor  # type: ignore[import-untyped]
     from yt_dlp.extractor import gen_extractor_classes
-    from yt_dlp.version import __version__
+    from yt_dlp.version import __version__  # type: ignore[import-untyped]
 
     with contextlib.suppress(Exception):
         original = yt_dlp.networking.common.make_ssl_context
@@ -384,7 +326,7 @@ def _child_main(argv: list[str], cwd: str, guard: bool, out_fd: int, err_fd: int
         os.closerange(3, _max_fd())  # control, estado y descriptores de otros trabajos
         os.chdir(cwd)
         if guard:
-            install_network_guard()
+            _netguard.install_network_guard()
         code = run_ytdlp(argv)
     except BaseException:
         with contextlib.suppress(Exception):
@@ -414,13 +356,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Punto de entrada: ``run ARGS...`` o ``serve FD``."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "run":
-        install_network_guard()
+        _netguard.install_network_guard()
         code = run_ytdlp(args[1:])
         _flush_std()
         return code
     if len(args) == 2 and args[0] == "serve" and args[1].isdigit():
         return serve(int(args[1]))
-    sys.stderr.write("usage: ytdlp_zygote.py run YT-DLP-ARGS... | serve FD\n")
+    sys.stderr.write("usage: zygote_server.py run YT-DLP-ARGS... | serve FD\n")
     return 2
 
 

@@ -1,0 +1,61 @@
+"""Descargador yt-dlp: páginas de vídeo (y medios directos) a través de yt-dlp, aislado y cancelable.
+
+Cada trabajo corre yt-dlp en un proceso propio, en su propio grupo de procesos (``setsid``), con
+stdin cerrado y sólo las opciones que fija ``argv``: ``--ignore-config``, rutas dentro del
+directorio aislado del trabajo (temporales y fragmentos incluidos), progreso en JSON por stdout,
+``--print after_move:...`` para conocer el archivo final y ``--`` antes de la URL. De un trabajo
+sólo llegan a yt-dlp la URL, ``format``, ``playlist`` y ``max_bytes``; nada más puede añadir
+opciones. La cancelación y el ``timeout`` terminan el grupo entero (TERM, KILL tras
+``kill_grace``) y esperan al proceso: no quedan zombis ni huérfanos.
+
+Dos formas de lanzar el proceso, con el mismo argv y la misma lectura de stdout/stderr:
+
+- ``subprocess`` (etapa 1): ``python -m yt_dlp ...`` por trabajo (~0,6-0,8 s de CPU cada uno).
+- ``zygote`` (etapa 2): un proceso auxiliar de larga vida (``zygote_server.py serve``) con yt-dlp
+  ya importado y precalentado hace ``fork()`` por trabajo; el hijo hace ``setsid()`` y ejecuta
+  ``yt_dlp.main(argv)``. Si el zigoto no está disponible se vuelve a la etapa 1.
+
+Un módulo por concepto:
+
+- ``errors``: errores propios y clasificación de la salida de yt-dlp (``classify_failure``);
+- ``extractors``: versión instalada, extractores y ``pick_downloader`` (``downloader: auto``);
+- ``argv``: la línea de órdenes (``build_argv``, ``ytdlp_command``) y el entorno del hijo;
+- ``preflight``: la URL y el primer salto de red, antes de lanzar nada;
+- ``process``: un yt-dlp en marcha (grupo de procesos, tuberías, terminar y recoger);
+- ``output``: progreso JSON, archivos terminados y colas de stderr;
+- ``zygote_client`` / ``zygote_server``: el proceso auxiliar, del lado del daemon y el suyo;
+- ``downloader``: ``YtdlpDownloader``, que junta todo para un trabajo.
+
+Importar este paquete no importa yt_dlp.
+"""
+
+from daemon.downloaders.ytdlp.argv import build_argv, ytdlp_command
+from daemon.downloaders.ytdlp.downloader import YtdlpDownloader
+from daemon.downloaders.ytdlp.errors import (
+    FormatUnavailable,
+    MediaUnavailable,
+    YtdlpCrashed,
+    YtdlpFailed,
+    classify_failure,
+)
+from daemon.downloaders.ytdlp.extractors import (
+    claiming_extractor,
+    pick_downloader,
+    preload_extractors,
+    ytdlp_version,
+)
+
+__all__ = [
+    "FormatUnavailable",
+    "MediaUnavailable",
+    "YtdlpCrashed",
+    "YtdlpDownloader",
+    "YtdlpFailed",
+    "build_argv",
+    "claiming_extractor",
+    "classify_failure",
+    "pick_downloader",
+    "preload_extractors",
+    "ytdlp_command",
+    "ytdlp_version",
+]

@@ -1,0 +1,109 @@
+"""La línea de órdenes de yt-dlp: argumentos de un trabajo, intérprete y entorno del hijo.
+
+Sólo llegan a yt-dlp la URL, ``format``, ``playlist`` y ``max_bytes`` de un trabajo, cada uno como
+un único elemento de argv (``--opción=valor``) y la URL la última, tras ``--``: nada de un trabajo
+puede leerse como otra opción. Todo lo demás lo fija este módulo.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from daemon.downloaders.base import DownloadOptions
+
+__all__ = [
+    "FILE_MARK",
+    "INFO_MARK",
+    "OUTPUT_TEMPLATE",
+    "PROGRESS_MARK",
+    "TEMP_SUBDIR",
+    "ZYGOTE_SCRIPT",
+    "build_argv",
+    "child_env",
+    "ytdlp_command",
+]
+
+# Marcas de las líneas que yt-dlp escribe por stdout para nosotros (plantillas de --print y de
+# --progress-template). El resto de stdout son mensajes de pantalla ("[download] ...").
+PROGRESS_MARK = "vndl:progress "
+INFO_MARK = "vndl:info "
+FILE_MARK = "vndl:file "
+
+OUTPUT_TEMPLATE = "%(title).150B [%(id).60B].%(ext)s"
+TEMP_SUBDIR = ".ytdlp"
+# El proceso auxiliar (guarda de red y zigoto) se ejecuta por ruta, sin importar el paquete daemon.
+ZYGOTE_SCRIPT = Path(__file__).with_name("zygote_server.py")
+
+
+def build_argv(
+    options: DownloadOptions,
+    *,
+    socket_timeout: float = 30.0,
+    progress_delta: float = 0.25,
+    fragment_retries: int = 3,
+) -> list[str]:
+    """Argumentos de yt-dlp para un trabajo (sin el intérprete). La URL va la última, tras ``--``.
+
+    Cada valor que viene del trabajo es un único elemento de argv en la forma ``--opción=valor``,
+    así que nunca puede leerse como otra opción.
+    """
+    if options.output_path is None:
+        raise ValueError("options.output_path is not set; run the download through DownloadLifecycle")
+    home = str(options.output_path)
+    temp = str(options.output_path / TEMP_SUBDIR)
+    socket_timeout = max(1.0, min(float(socket_timeout), float(options.timeout)))
+    argv = [
+        "--ignore-config",
+        "--no-plugin-dirs",
+        "--no-cache-dir",
+        "--yes-playlist" if options.playlist else "--no-playlist",
+        f"--paths=home:{home}",
+        f"--paths=temp:{temp}",
+        f"--output={OUTPUT_TEMPLATE}",
+        # --print implica --quiet: --no-quiet deja los mensajes de pantalla en stdout (p. ej. el
+        # aviso de --max-filesize, que no es un error) y --progress mantiene el progreso.
+        "--no-quiet",
+        "--progress",
+        "--newline",
+        "--color=never",
+        f"--progress-delta={progress_delta:g}",
+        f"--progress-template=download:{PROGRESS_MARK}"
+        "%(progress.{status,downloaded_bytes,total_bytes,total_bytes_estimate,filename})j",
+        f"--print=before_dl:{INFO_MARK}%(.{{extractor_key,extractor,id,ext,format_id}})j",
+        f"--print=after_move:{FILE_MARK}%(.{{filepath,extractor_key,extractor,id}})j",
+        "--no-mtime",
+        f"--socket-timeout={socket_timeout:g}",
+        # Los reintentos de intentos completos son del gestor; dentro de un intento sólo se
+        # reintentan fragmentos sueltos, y un fragmento perdido aborta (no un archivo corrupto).
+        "--retries=0",
+        "--extractor-retries=0",
+        f"--fragment-retries={int(fragment_retries)}",
+        "--abort-on-unavailable-fragments",
+        f"--max-filesize={int(options.max_bytes)}",
+    ]
+    if options.format:
+        argv.append(f"--format={options.format}")
+    argv += ["--", options.url]
+    return argv
+
+
+def ytdlp_command(args: Sequence[str], *, guard: bool, python: str | None = None) -> list[str]:
+    """Línea de órdenes de la etapa 1: ``python -P -m yt_dlp ARGS`` o, con guarda de red,
+    ``python -P zygote_server.py run ARGS`` (el mismo ``yt_dlp.main`` con ``connect()`` vigilado).
+    ``-P`` evita que el directorio actual (el del trabajo) entre en ``sys.path``."""
+    interpreter = python or sys.executable
+    if guard:
+        return [interpreter, "-P", str(ZYGOTE_SCRIPT), "run", *args]
+    return [interpreter, "-P", "-m", "yt_dlp", *args]
+
+
+def child_env() -> dict[str, str]:
+    """Entorno de yt-dlp y del zigoto: el del daemon, en UTF-8 y sin ganchos de arranque."""
+    env = dict(os.environ)
+    env.update(PYTHONUTF8="1", PYTHONIOENCODING="utf-8", PYTHONUNBUFFERED="1")
+    for key in ("PYTHONSTARTUP", "PYTHONINSPECT", "YTDLP_NO_LAZY_EXTRACTORS"):
+        env.pop(key, None)
+    return env
