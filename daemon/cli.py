@@ -16,6 +16,7 @@ import yaml
 
 from daemon import __version__
 from daemon.config import CONFIG_ENV_VAR, ConfigError, Settings, load_settings
+from daemon.durable import fsync_dir
 from daemon.ids import InvalidCorrelationId, new_correlation_id, validate_correlation_id
 from daemon.units import format_duration, format_size
 
@@ -127,6 +128,8 @@ def _write_into_spool(settings: Settings, folder: str, name: str, data: bytes) -
         tmp.unlink()
         raise UsageError(f"{target} already exists; choose another --id")
     os.rename(tmp, target)
+    # La entrega es durable (sobrevive a un corte de luz) con el fsync de la carpeta destino.
+    fsync_dir(target_dir)
     return target
 
 

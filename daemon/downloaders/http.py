@@ -47,6 +47,7 @@ from daemon.downloaders.base import (
     TooManyRedirects,
 )
 from daemon.downloaders.netguard import forbidden_reason
+from daemon.durable import fsync_dir
 from daemon.events import redact
 from daemon.faultpoints import crash_point
 
@@ -325,6 +326,8 @@ class HttpDownloader:
             raise IncompleteBody(f"the server sent {sink.size} of {total} bytes")
         final = part.with_name(filename)
         os.replace(part, final)
+        if self.fsync:  # el nombre final, durable antes de publicar: la recuperación lo busca por inodo
+            await loop.run_in_executor(None, fsync_dir, final.parent)
         meta_path.unlink(missing_ok=True)
         return DownloadResult(
             path=final, filename=filename, size=sink.size, sha256=sink.hasher.hexdigest(),
