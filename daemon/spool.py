@@ -63,6 +63,10 @@ class Spool:
         if created:  # la disposición nueva sobrevive a un corte de luz
             fsync_dir(self.root)
         self.claimed.mkdir(mode=0o700, exist_ok=True)
+        # Durable antes del primer reclamo: si no, un corte de luz podría dejar durable el rename de
+        # un reclamo (lo hace durable el fsync de incoming/ de cualquier productor) dentro de una
+        # carpeta cuyo propio nombre se perdió, y el trabajo con ella.
+        fsync_dir(self.active)
         self._lock = DirLock(self.claimed)
         self._lock.acquire()
         self._claimed_fd = os.open(self.claimed, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
