@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import random
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -255,6 +256,73 @@ def test_power_cut_at_random_moments(machine: Machine) -> None:
 @pytest.mark.parametrize("boundary", [b for b in range(1, BATCH_BOUNDARIES) if (b - 1) % K])
 def test_power_cut_at_every_boundary(machine: Machine, boundary: int) -> None:
     _power_cut_run(machine, arm=boundary)
+
+
+# Cada paso durable de un trabajo, en orden: (fsync que lo hace durable, patrón de su frontera).
+# test_power_cut_before_each_durability_step corta justo antes de cada uno (y al final).
+ONE_JOB_STEPS = [
+    ("submit-data", r"fsync /spool/tmp/\.one\.yaml\."),
+    ("submit-name", r"fsyncdir /spool/incoming$"),
+    ("temp-dir", r"fsyncdir /tmp$"),
+    ("download-data", r"fsync /tmp/videonote_dl_one/download\.part$"),
+    ("download-name", r"fsyncdir /tmp/videonote_dl_one$"),
+    ("publish", r"fsyncdir /out$"),
+    ("claim", r"fsyncdir /spool/active/[^/]+$"),
+    ("record-data", r"fsync /spool/tmp/\.one\.json\."),
+    ("record-name", r"fsyncdir /spool/done$"),
+]
+
+
+def _one_job(seed: int) -> list[Job]:
+    return [Job("one", random.Random(seed).randbytes(300_000), Behavior())]
+
+
+@pytest.fixture(scope="module")
+def one_job_trace(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """Las fronteras de un trabajo sin corte (contadas desde que el daemon está listo)."""
+    with TestServer() as server:
+        m = Machine(tmp_path_factory.mktemp("dry"), server)
+        try:
+            jobs = _one_job(0)
+            for job in jobs:
+                server.add(f"/{job.id}.bin", job.behavior)
+            m.start()
+            start = m.fs.stats()["boundaries"]
+            assert m.submit(jobs[0])
+            wait_until(lambda: _all_recorded(m, ["one"]) and not m.daemon.temp_dirs(), 30, what="the dry run")
+            time.sleep(0.3)
+            return [line.split(" ", 1)[1] for line in m.fs.trace()[start:]]
+        finally:
+            m.close()
+
+
+@pytest.mark.parametrize("step", [name for name, _ in ONE_JOB_STEPS] + ["end"])
+def test_power_cut_before_each_durability_step(machine: Machine, one_job_trace: list[str], step: str) -> None:
+    """Corta justo antes del fsync de cada paso de un trabajo (o tras el último): nada confirmado se pierde."""
+    if step == "end":
+        arm = None
+    else:
+        pattern = dict(ONE_JOB_STEPS)[step]
+        found = [n for n, line in enumerate(one_job_trace, 1) if re.search(pattern, line)]
+        assert found, f"no boundary matches {pattern!r} in a job's trace:\n" + "\n".join(one_job_trace)
+        arm = found[0]
+    jobs = _one_job(0)
+    for job in jobs:
+        machine.server.add(f"/{job.id}.bin", job.behavior)
+    machine.start()
+    if arm is not None:
+        machine.fs.arm(machine.fs.stats()["boundaries"] + arm)
+    acknowledged = ["one"] if machine.submit(jobs[0]) else []
+    # El productor sólo recibe el id cuando su entrega es durable (fsync de incoming/).
+    assert bool(acknowledged) == (step not in ("submit-data", "submit-name")), step
+    wait_until(lambda: _cut_or_finished(machine, acknowledged) and (arm is not None or not machine.daemon.temp_dirs()),
+               30, what=f"the cut before {step}")
+    if arm is None:
+        machine.fs.cut()
+    assert machine.fs.cut_reason is not None
+    _check_after_recovery(machine, jobs, acknowledged, f"before {step}: {machine.fs.cut_reason}")
+    if acknowledged:
+        assert machine.records()["one"][0][0] == "done"
 
 
 @pytest.mark.xfail(strict=True, reason="daemon/publish.py open_output_dir() creates output_dir components without "
