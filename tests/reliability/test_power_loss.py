@@ -274,7 +274,8 @@ ONE_JOB_STEPS = [
 
 
 def _one_job(seed: int) -> list[Job]:
-    return [Job("one", random.Random(seed).randbytes(300_000), Behavior())]
+    data = random.Random(seed).randbytes(300_000)
+    return [Job("one", data, Behavior(data=data))]
 
 
 @pytest.fixture(scope="module")
