@@ -12,9 +12,11 @@ Corre el daemon real con spool, temporales y salida en ``--dir`` (un disco, no t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -41,17 +43,31 @@ def _round(base: Path, server: TestServer, jobs: int, src: Path | None, strace_o
         daemon._stderr = open(daemon.stderr_path, "wb")  # noqa: SIM115
         daemon.proc = subprocess.Popen([*daemon_cmd, "-m", "daemon", "run", "--config", str(daemon.config_path)],
                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=daemon._stderr,
-                                       env=proc_env)
+                                       env=proc_env, cwd=src)
         wait_until(lambda: daemon.count_events("daemon.ready") > 0, 30, what="daemon ready")
     else:
-        daemon.start(env=env)
+        # ``python -m daemon`` importa primero desde el directorio actual: el del árbol elegido.
+        here = os.getcwd()
+        os.chdir(src or here)
+        try:
+            daemon.start(env=env)
+        finally:
+            os.chdir(here)
     started = time.perf_counter()
     for n in range(jobs):
         daemon.drop_job({"url": server.url(f"/f{n}.bin"), "id": f"f{n}"})
     done = daemon.spool / "done"
     wait_until(lambda: sum(1 for _ in os.scandir(done)) >= jobs, 300, interval=0.01, what="all records")
     elapsed = time.perf_counter() - started
-    assert daemon.stop() == 0
+    if strace_out is not None:
+        # SIGTERM al daemon (hijo de strace), no a strace: strace escribe la cuenta cuando él sale.
+        pid = json.loads(daemon.status_file.read_bytes())["pid"]
+        os.kill(pid, signal.SIGTERM)
+        assert daemon.proc is not None
+        daemon.proc.wait(120)
+        daemon._stderr.close()
+    else:
+        assert daemon.stop() == 0
     return elapsed
 
 
