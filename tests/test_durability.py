@@ -13,7 +13,7 @@ from daemon.events import EventLogFile
 
 
 def test_a_torn_last_line_is_dropped_when_the_log_is_opened(tmp_path: Path) -> None:
-    log = tmp_path / "events.jsonl"
+    log = tmp_path / "daemon.jsonl"
     log.write_bytes(b'{"event":"a"}\n{"event":"b"}\n{"event":"job.succ')  # un corte a mitad de volcado
     writer = EventLogFile(log)
     writer.write(b'{"event":"c"}\n')
@@ -22,15 +22,17 @@ def test_a_torn_last_line_is_dropped_when_the_log_is_opened(tmp_path: Path) -> N
 
 
 def test_an_intact_log_is_left_alone(tmp_path: Path) -> None:
-    log = tmp_path / "events.jsonl"
+    log = tmp_path / "daemon.jsonl"
     log.write_bytes(b'{"event":"a"}\n')
     EventLogFile(log).close()
     assert log.read_bytes() == b'{"event":"a"}\n'
 
 
 def test_fsync_dir_needs_a_folder(tmp_path: Path) -> None:
-    fsync_dir(tmp_path)
-    (tmp_path / "f").write_bytes(b"x")
+    folder = tmp_path / "d"
+    folder.mkdir()
+    fsync_dir(folder)
+    (folder / "f").write_bytes(b"x")
     with pytest.raises(NotADirectoryError):
-        fsync_dir(tmp_path / "f")
-    assert os.listdir(tmp_path) == ["f"]
+        fsync_dir(folder / "f")
+    assert os.listdir(folder) == ["f"]
