@@ -21,6 +21,7 @@ from typing import Any, Protocol, cast
 import orjson
 import structlog
 
+from daemon.durable import fsync_dir
 from daemon.text import printable
 
 __all__ = [
@@ -74,7 +75,13 @@ class EventLogFile:
             old, self._fd = self._fd, None
             if self.path is not None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                created = not self.path.exists()
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+                if created:  # el nombre del registro nuevo sobrevive a un corte de luz
+                    with contextlib.suppress(OSError):
+                        fsync_dir(self.path.parent)
+                else:
+                    _repair_torn_tail(self.path, self._fd)
             if old is not None:
                 os.close(old)
 
@@ -122,6 +129,35 @@ def _drop_partial_line(fd: int, written: int) -> None:
         end = os.lseek(fd, 0, os.SEEK_CUR)
         if os.fstat(fd).st_size == end:
             os.ftruncate(fd, end - written)
+
+
+_TAIL_SCAN = 1 << 20
+
+
+def _repair_torn_tail(path: Path, fd: int) -> None:
+    """Quita una última línea sin ``\\n`` (cortada por un corte de luz a mitad de volcado).
+
+    Nunca se confirmó (el evento no llegó entero al disco): se descarta para que el siguiente
+    evento no se pegue a ella y forme una línea que no es JSON. Se busca el último ``\\n`` en el
+    último MiB; si no lo hay y el archivo es más largo, no se toca nada.
+    """
+    with contextlib.suppress(OSError):
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return
+        with open(path, "rb") as reader:
+            start = max(0, size - _TAIL_SCAN)
+            reader.seek(start)
+            tail = reader.read(size - start)
+        if tail.endswith(b"\n"):
+            return
+        cut = tail.rfind(b"\n")
+        if cut < 0 and start > 0:
+            return
+        keep = start + cut + 1
+        os.ftruncate(fd, keep)
+        sys.stderr.write(f"videonote-dl: dropped a torn last line ({size - keep} bytes) from the event log {path}; "
+                         "it was cut by a crash or power loss\n")
 
 
 _log_file: EventLogFile | None = None

@@ -35,6 +35,7 @@ import orjson
 
 from daemon.dirlock import DIR_FLAGS
 from daemon.downloaders.base import PermanentDownloadError, StorageError
+from daemon.durable import fsync_dir
 from daemon.naming import numbered_names
 
 __all__ = [
@@ -69,8 +70,13 @@ def open_output_dir(output_root: Path, subdir: str | None) -> tuple[int, Path]:
     path = output_root
     try:
         for part in (subdir.split("/") if subdir else []):
-            with contextlib.suppress(FileExistsError):
+            try:
                 os.mkdir(part, 0o755, dir_fd=fd)
+                # Carpeta nueva: su nombre es durable con el fsync de la madre (un corte de luz no
+                # deja un registro que apunte a un archivo en una carpeta que nunca existió).
+                os.fsync(fd)
+            except FileExistsError:
+                pass
             try:
                 child = os.open(part, DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
@@ -90,9 +96,16 @@ def open_output_dir(output_root: Path, subdir: str | None) -> tuple[int, Path]:
 
 
 def _write_marker(marker: Path, data: dict[str, object]) -> None:
+    """Escribe el marcador de forma atómica y durable (datos con fsync, luego rename y fsync de la carpeta)."""
     tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_bytes(orjson.dumps(data))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, orjson.dumps(data))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(tmp, marker)
+    fsync_dir(marker.parent)
 
 
 def _storage_error(exc: OSError, dir_path: Path) -> StorageError:

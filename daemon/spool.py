@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from daemon.dirlock import DirLock, DirLockBusy
+from daemon.durable import fsync_dir
 from daemon.faultpoints import crash_point
 from daemon.ids import CORRELATION_ID_PATTERN, new_correlation_id
 from daemon.jobfile import is_candidate_name, read_job_file
@@ -55,9 +56,18 @@ class Spool:
     # --- arranque y parada ----------------------------------------------------------------
     def prepare(self) -> None:
         """Crea la disposición y la subcarpeta de reclamos de esta instancia, bloqueada."""
+        created = False
         for name in SPOOL_SUBDIRS:
-            (self.root / name).mkdir(parents=True, exist_ok=True)
+            if not (self.root / name).is_dir():
+                (self.root / name).mkdir(parents=True, exist_ok=True)
+                created = True
+        if created:  # la disposición nueva sobrevive a un corte de luz
+            fsync_dir(self.root)
         self.claimed.mkdir(mode=0o700, exist_ok=True)
+        # Durable antes del primer reclamo: si no, un corte de luz podría dejar durable el rename de
+        # un reclamo (lo hace durable el fsync de incoming/ de cualquier productor) dentro de una
+        # carpeta cuyo propio nombre se perdió, y el trabajo con ella.
+        fsync_dir(self.active)
         self._lock = DirLock(self.claimed)
         self._lock.acquire()
         self._claimed_fd = os.open(self.claimed, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -160,6 +170,7 @@ class Spool:
             "Fix the file and write it again into spool/tmp/, then rename it into spool/incoming/.\n"
         )
         self._write_atomic(self.rejected / f"{target}.reason", text.encode("utf-8"), overwrite=True)
+        fsync_dir(self.rejected)  # el rename a rejected/ y el .reason, durables a la vez
         return self.rejected / target
 
     def terminal_record(self, job_id: str) -> Path | None:
@@ -171,12 +182,20 @@ class Spool:
         return None
 
     def write_record(self, outcome_dir: str, job_id: str, record: dict[str, Any]) -> Path:
-        """Escribe done/<id>.json o failed/<id>.json; nunca sobrescribe un registro terminal."""
+        """Escribe done/<id>.json o failed/<id>.json; nunca sobrescribe un registro terminal.
+
+        Al volver, el registro es durable: datos con fsync antes del link() y fsync de la carpeta
+        después. Antes, fsync de la carpeta de reclamos: el rename del reclamo queda durable, así
+        que tras un corte el archivo del trabajo no reaparece en incoming/ junto a su registro.
+        """
         folder = self.done if outcome_dir == "done" else self.failed
         data = orjson.dumps(record, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE, default=str)
+        if self._claimed_fd is not None:
+            os.fsync(self._claimed_fd)
         for n in range(10000):
             name = f"{job_id}.json" if n == 0 else f"{job_id}.{n}.json"
             if self._write_atomic(folder / name, data, overwrite=False):
+                fsync_dir(folder)
                 return folder / name
         raise OSError(errno.EEXIST, f"no free record name for {job_id} in {folder}")
 

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
+from daemon.durable import fsync_dir
 from daemon.events import get_logger
 from daemon.ids import validate_correlation_id
 from daemon.reaper import ReapReport, reap_temp_root
@@ -118,6 +119,8 @@ class TempManager:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             path.mkdir(mode=0o700)
+            # Durable: tras un corte, la recuperación encuentra aquí el archivo ya enlazado en la salida.
+            fsync_dir(path.parent)
         except FileExistsError:
             if path.is_symlink() or not path.is_dir():
                 raise FileExistsError(f"{path} exists and is not a directory; remove it or run the reaper") from None

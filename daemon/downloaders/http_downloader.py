@@ -74,6 +74,7 @@ from daemon.downloaders.http_resume import (
 from daemon.downloaders.http_session import new_session
 from daemon.downloaders.http_sink import WRITE_BATCH, Sink
 from daemon.downloaders.netguard import tls_context
+from daemon.durable import fsync_dir
 from daemon.events import redact
 from daemon.faultpoints import crash_point
 
@@ -288,6 +289,8 @@ class HttpDownloader:
         # El nombre publicado lo decide ``filename``; en el directorio aislado no puede pisar los internos.
         final = part.with_name(_DONE_NAME if filename in (PART_NAME, META_NAME) else filename)
         os.replace(part, final)
+        if self.fsync:  # el nombre final, durable antes de publicar: la recuperación lo busca por inodo
+            await loop.run_in_executor(None, fsync_dir, final.parent)
         meta_path.unlink(missing_ok=True)
         return DownloadResult(
             path=final, filename=filename, size=sink.size, sha256=sink.hasher.hexdigest(),
