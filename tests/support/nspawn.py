@@ -38,8 +38,6 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.support.daemon_proc import wait_until
-
 __all__ = [
     "Container",
     "ContainerError",
@@ -239,6 +237,10 @@ def build_wheelhouse(project_dir: Path, cache_root: Path) -> Path:
 
 def _wait(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
     """``wait_until`` que, si vence el plazo, lanza ContainerError (el plazo no mide la velocidad)."""
+    # Importado aquí: este archivo también corre dentro del contenedor (``serve``), con el python del
+    # sistema, que no tiene las dependencias de daemon_proc (orjson, yaml).
+    from tests.support.daemon_proc import wait_until
+
     return wait_until(predicate, timeout, interval=interval, what=what, error=ContainerError)
 
 
