@@ -25,10 +25,11 @@ from daemon.config import (
     restart_required_changes,
     settings_diff,
 )
+from daemon.postprocess import PostprocessSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _SECTIONS = {"download": DownloadSettings, "reaper": ReaperSettings, "ytdlp": YtdlpSettings,
-             "metrics": MetricsSettings}
+             "metrics": MetricsSettings, "postprocess": PostprocessSettings}
 
 
 def _write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
@@ -45,6 +46,8 @@ def _dataclass_default(key: str) -> object:
     else:
         cls, name = Settings, key
     field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
     return field.default
 
 

@@ -80,7 +80,7 @@ class DownloadManager:
         on_outcome: Hook | None = None,
         on_finished: Hook | None = None,
         fsync: bool = True,
-        resolve_auto: Callable[[str], Awaitable[str]] | None = None,
+        resolve_auto: Callable[[DownloadOptions], Awaitable[str]] | None = None,
     ) -> None:
         self.downloaders = downloaders
         self.output_root = output_root
@@ -356,7 +356,7 @@ class DownloadManager:
         self, task: DownloadTask, options: DownloadOptions, progress: Callable[[int, int | None], None] | None
     ) -> DownloadResult:
         if task.downloader == "auto":  # se decide al arrancar: la cola no paga la consulta
-            task.downloader = await self.resolve_auto(options.url) if self.resolve_auto else "http"
+            task.downloader = await self.resolve_auto(options) if self.resolve_auto else "http"
         downloader = self.downloaders[task.downloader]
         while True:
             try:

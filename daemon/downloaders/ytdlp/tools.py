@@ -20,8 +20,9 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["ToolInfo", "describe_tools", "find_deno", "find_ffmpeg", "tool_version"]
+__all__ = ["ToolInfo", "describe_tools", "find_deno", "find_ffmpeg", "print_tools", "tool_version"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,3 +99,18 @@ def describe_tools(configured_ffmpeg: str = "auto") -> dict[str, ToolInfo]:
         "ffmpeg": ToolInfo("ffmpeg", ffmpeg, ffmpeg_source, tool_version(ffmpeg)),
         "deno": ToolInfo("deno", deno, deno_source, deno_version),
     }
+
+
+def print_tools(settings: Any) -> None:
+    """Las líneas de ``check-config`` sobre yt-dlp, ffmpeg y deno (``settings``: ``daemon.config.Settings``)."""
+    if not settings.ytdlp.enabled:
+        print("  tools: yt-dlp disabled (ytdlp.enabled: false)")
+        return
+    from daemon.downloaders.ytdlp.extractors import ytdlp_version
+
+    print(f"  tools: yt-dlp {ytdlp_version()}")
+    for name, info in describe_tools(settings.ytdlp.ffmpeg).items():
+        where = f"{info.path} (from {info.source})" if info.path else "missing"
+        print(f"  tools: {name} = {where}; version: {info.version or 'unknown'}")
+        if name == "deno" and info.path:
+            print("  tools: yt-dlp JavaScript runtime = deno (YouTube needs it; EJS scripts from yt-dlp-ejs)")
