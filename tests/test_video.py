@@ -102,8 +102,9 @@ def test_pages_with_video_source(kind: str, media: MediaSet, server: TestServer,
         d.drop_job({"id": f"p-{kind}", "url": server.url(f"/media/{kind}/page.html"), "downloader": "ytdlp"})
         record = _succeeded(d, f"p-{kind}")
         published = Path(record["path"])
-        # Sin filename: el título de la página saneado, nunca la plantilla de yt-dlp.
-        assert published.name == f"{kind} clip.mp4", published.name
+        # Sin filename: el título saneado que yt-dlp da al vídeo de la página (el genérico numera los
+        # vídeos incrustados: "TÍTULO (1)"), nunca su plantilla "título [id].ext".
+        assert published.name == f"{kind} clip (1).mp4", published.name
         _assert_av(published, media.duration)
 
 
