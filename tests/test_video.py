@@ -160,8 +160,9 @@ def test_unknown_postprocess_profile_is_rejected_listing_the_known_ones(server: 
     with _daemon(tmp_path) as d:
         d.drop_job({"id": "pp-x", "url": server.url("/media/progressive/clip.mp4"), "postprocess": "nope"},
                    name="pp-x.yaml")
-        wait_until(lambda: d.rejected(), timeout=30)
-        reasons = "".join(p.read_text() for p in (d.spool / "rejected").glob("*.reason"))
+        # El archivo llega a rejected/ un instante antes que su ``.reason``: se espera al motivo.
+        reasons = wait_until(lambda: "".join(p.read_text() for p in (d.spool / "rejected").glob("*.reason")),
+                             timeout=30, what="rejection reason")
         assert "'nope' is not a profile" in reasons and "videonote" in reasons and "boom" in reasons
 
 
