@@ -382,6 +382,7 @@ def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
     from daemon.config import SCHEMA, shown_value
+    from daemon.downloaders.ytdlp.tools import print_tools
 
     if args.reference:
         from daemon.config_reference import render_config_reference
@@ -390,8 +391,8 @@ def _cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
     _path, origin = find_config(args.config)
     print(f"config OK: {settings.source} ({origin})" if settings.source else f"config OK: {config_label(settings)}")
-    for spec in SCHEMA:
-        print(f"  {spec.key} = {shown_value(settings, spec.key)}")
+    print("\n".join(f"  {spec.key} = {shown_value(settings, spec.key)}" for spec in SCHEMA))
+    print_tools(settings)  # qué yt-dlp, ffmpeg y deno usarán los trabajos (issue 16)
     return EXIT_OK
 
 

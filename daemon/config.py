@@ -45,6 +45,7 @@ from daemon.config_values import (
 from daemon.config_values import (
     schemes as _schemes,
 )
+from daemon.postprocess import PostprocessSettings, ffmpeg_setting, parse_profiles
 from daemon.units import parse_duration
 
 __all__ = [
@@ -109,6 +110,8 @@ class YtdlpSettings:
     kill_grace: float = 5.0
     socket_timeout: float = 30.0
     zygote: bool = True
+    ffmpeg: str = "auto"
+    concurrent_fragments: int = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +139,7 @@ class Settings:
     reaper: ReaperSettings = field(default_factory=ReaperSettings)
     ytdlp: YtdlpSettings = field(default_factory=YtdlpSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    postprocess: PostprocessSettings = field(default_factory=PostprocessSettings)
     source: Path | None = None
     # Valores tal como se escribieron en el archivo (``10m``, no ``600.0``), por clave con punto.
     written: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -200,6 +204,13 @@ SCHEMA: tuple[SettingSpec, ...] = (
     SettingSpec("ytdlp.zygote", "boolean", "true", False,
                 "fork each yt-dlp job from a warm helper process (~0.1 s CPU per job instead of ~0.6 s)",
                 _boolean),
+    SettingSpec("ytdlp.ffmpeg", "auto or absolute path", "auto", False, "ffmpeg for yt-dlp and post-processing; "
+                "auto: ffmpeg on PATH, else the static build of the imageio-ffmpeg wheel", ffmpeg_setting),
+    SettingSpec("ytdlp.concurrent_fragments", "integer 1-64", "8", False,
+                "HLS/DASH fragments fetched at once per job (yt-dlp -N)", _int_between(1, 64)),
+    SettingSpec("postprocess.profiles", "mapping", "{}", False, "post-processing programs a job picks by name "
+                "(`postprocess: NAME`): NAME: {command: [argv with {input} and {output}], timeout, extension}; "
+                "docs/ytdlp.md", parse_profiles),
     SettingSpec("metrics.listen", "host:port or socket path", "null", False,
                 "serve Prometheus /metrics on this TCP address (e.g. 127.0.0.1:9464) or unix socket "
                 "(a relative path resolves against the config's folder); null: off (docs/operations.md)",
@@ -207,7 +218,7 @@ SCHEMA: tuple[SettingSpec, ...] = (
 )
 _SPECS = {spec.key: spec for spec in SCHEMA}
 _SECTIONS = {"download": DownloadSettings, "reaper": ReaperSettings, "ytdlp": YtdlpSettings,
-             "metrics": MetricsSettings}
+             "metrics": MetricsSettings, "postprocess": PostprocessSettings}
 
 
 def default_settings(base_dir: Path | None = None) -> Settings:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from daemon.config import Settings
-from daemon.downloaders.base import Downloader
+from daemon.downloaders.base import Downloader, DownloadOptions
 from daemon.downloaders.http_downloader import HttpDownloader
 from daemon.events import get_logger
 from daemon.jobs import JobSpec
+from daemon.manifest_routing import MANIFEST_CONTENT_TYPES, manifest_by_suffix, probe_content_type, telling_suffix
 
 __all__ = ["DownloaderRegistry"]
 
@@ -35,7 +37,18 @@ class DownloaderRegistry:
             return
         y = settings.ytdlp
         self.downloaders["ytdlp"] = YtdlpDownloader(kill_grace=y.kill_grace, socket_timeout=y.socket_timeout,
-                                                    use_zygote=y.zygote)
+                                                    use_zygote=y.zygote, ffmpeg=y.ffmpeg,
+                                                    concurrent_fragments=y.concurrent_fragments)
+        self.ffmpeg_setting = y.ffmpeg
+
+    def tools(self) -> dict[str, Any]:
+        """Qué ffmpeg, deno y yt-dlp se usan (para ``daemon.ready``); lanza ``-version`` una vez."""
+        from daemon.downloaders.ytdlp import describe_tools, ytdlp_version
+
+        if "ytdlp" not in self.downloaders:
+            return {}
+        found = describe_tools(self.ffmpeg_setting)
+        return {"ytdlp": ytdlp_version(), **{name: info.as_dict() for name, info in found.items()}}
 
     def choose(self, job: JobSpec) -> str | None:
         """El descargador pedido (None si no está disponible); ``auto`` se resuelve al arrancar la
@@ -46,19 +59,38 @@ class DownloaderRegistry:
             return "http"
         return job.downloader
 
-    async def resolve_auto(self, url: str) -> str:
-        """``auto`` -> ``ytdlp`` si un extractor de yt-dlp (no el genérico) reclama la URL, si no ``http``."""
+    async def resolve_auto(self, options: DownloadOptions) -> str:
+        """``auto`` -> ``ytdlp`` para una lista, un manifiesto (``manifest_routing``: sufijo o, sin
+        sufijo revelador, Content-Type) o una URL que reclama un extractor de yt-dlp (no el genérico);
+        si no, ``http``."""
         from daemon.downloaders.ytdlp import pick_downloader
+
+        url = options.url
+        if options.playlist or manifest_by_suffix(url):
+            return self._routed(options, "ytdlp", "playlist" if options.playlist else "suffix")
 
         if not self._extractor_index_ready:
             async with self._index_lock:  # varias descargas arrancan a la vez: se carga una vez
                 if not self._extractor_index_ready:
                     await self._warm_extractor_index()
         try:
-            return str(pick_downloader(url, "auto"))
+            picked = str(pick_downloader(url, "auto"))
         except Exception as exc:
             _log.warning("daemon.error", where="pick_downloader", error=repr(exc))
+            picked = "http"
+        if picked == "ytdlp":
+            return self._routed(options, "ytdlp", "extractor")
+        if telling_suffix(url):
             return "http"
+        content_type = await probe_content_type(url, options.allow_private_networks, options.allowed_networks)
+        if content_type in MANIFEST_CONTENT_TYPES:
+            return self._routed(options, "ytdlp", f"content-type {content_type}")
+        return "http"
+
+    @staticmethod
+    def _routed(options: DownloadOptions, downloader: str, rule: str) -> str:
+        _log.info("job.routed", correlation_id=options.correlation_id, downloader=downloader, rule=rule)
+        return downloader
 
     async def _warm_extractor_index(self) -> None:
         """Carga el índice de extractores de yt-dlp fuera del bucle (~0,4-1 s una vez por proceso),

@@ -74,6 +74,11 @@ _KINDS = (
               "the video is private, removed or geo-blocked; nothing to retry"),
     ErrorKind("format_unavailable", False, "the job's `format` selects nothing on that page",
               "the job's `format:` selects nothing on that page; loosen it (e.g. `best`)"),
+    ErrorKind("postprocess", False,
+              "the job's post-processing program (postprocess.profiles in the config) exited with an error or "
+              "wrote no output; the record carries the tail of its stderr",
+              "read the stderr tail with `videonote-dl show ID`; fix the input or the profile's command, then "
+              "`videonote-dl retry ID`"),
     ErrorKind("cancelled", False, "the job was cancelled on request (`cancel/ID`)",
               "the job was cancelled on request; `videonote-dl retry ID` runs it again"),
     ErrorKind("interrupted", None, "the daemon stopped while the job ran (never final: it is requeued)",

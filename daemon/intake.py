@@ -49,7 +49,7 @@ class Intake:
     def limits(self) -> JobLimits:
         s = self._settings()
         return JobLimits(allowed_schemes=s.download.allowed_schemes, max_bytes=s.download.max_bytes,
-                         ytdlp_enabled=s.ytdlp.enabled)
+                         ytdlp_enabled=s.ytdlp.enabled, postprocess_profiles=tuple(s.postprocess.profiles))
 
     # --- incoming/ ----------------------------------------------------------------------
     async def scan_once(self, claiming: Callable[[], bool]) -> int:
@@ -116,6 +116,7 @@ class Intake:
             format=job.format, playlist=job.playlist, allowed_schemes=d.allowed_schemes,
             allow_private_networks=d.allow_private_networks, allowed_networks=d.allowed_networks,
             max_redirects=d.max_redirects,
+            postprocess=self._settings().postprocess.profiles.get(job.postprocess or ""),
         )
         retry = RetryPolicy(retries=job.retries if job.retries is not None else d.retries, backoff=d.backoff,
                             max_backoff=d.max_backoff)

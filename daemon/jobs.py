@@ -61,6 +61,7 @@ class JobLimits:
     allowed_schemes: tuple[str, ...] = ("http", "https")
     max_bytes: int = 10 * 1024**3
     ytdlp_enabled: bool = True
+    postprocess_profiles: tuple[str, ...] = ()  # los perfiles de ``postprocess.profiles`` del config
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,7 @@ class JobSpec:
     playlist: bool = False
     headers: tuple[tuple[str, str], ...] = ()
     forward_headers: tuple[str, ...] = ()
+    postprocess: str | None = None
     id_source: str = "explicit"  # explicit | stem | generated
     file_sha256: str = ""
 
@@ -89,7 +91,7 @@ class JobSpec:
         from daemon.events import redact
 
         record: dict[str, Any] = {"id": self.id, "url": redact(self.url), "downloader": self.downloader}
-        for name in ("filename", "output_dir", "sha256", "max_bytes", "timeout", "retries", "format"):
+        for name in ("filename", "output_dir", "sha256", "max_bytes", "timeout", "retries", "format", "postprocess"):
             value = getattr(self, name)
             if value is not None:
                 record[name] = value
@@ -249,6 +251,14 @@ def _check_playlist(value: Any, _ctx: FieldContext) -> bool:
     return value
 
 
+def _check_postprocess(value: Any, ctx: FieldContext) -> str:
+    known = ctx.limits.postprocess_profiles
+    if not isinstance(value, str) or value not in known:
+        listed = ", ".join(known) if known else "none: the config defines no postprocess.profiles"
+        raise JobRejected(f"'postprocess' {str(value)[:40]!r} is not a profile of this daemon; known: {listed}")
+    return value
+
+
 JOB_SCHEMA: tuple[JobField, ...] = (
     JobField("url", "string", "required",
              "`http://` or `https://` (the schemes in `download.allowed_schemes`). No spaces or control "
@@ -286,6 +296,10 @@ JOB_SCHEMA: tuple[JobField, ...] = (
     JobField("priority", "integer {}..{}".format(*_PRIORITY), "0",
              "Higher runs first; equal priorities in arrival order.", _int_between("priority", *_PRIORITY)),
     JobField("playlist", "boolean", "false", "yt-dlp only: download a whole playlist.", _check_playlist),
+    JobField("postprocess", "profile name", "none",
+             "A post-processing profile defined by the operator in the config (`postprocess.profiles`), e.g. "
+             "`videonote`; it runs on the download before publishing, and only its output is published. An "
+             "unknown name is rejected with the known ones listed.", _check_postprocess),
     JobField("headers", "mapping", "none",
              f"Extra request headers (at most {MAX_HEADERS}). Their values never reach logs or records. They are "
              "sent only to the origin (scheme, host, port) of `url`: after a redirect to another origin they are "

@@ -27,6 +27,7 @@ import fcntl
 import os
 import secrets
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,7 +256,10 @@ def sweep_staging(output_root: Path, max_age: float = 0.0) -> int:
                 except OSError:
                     continue  # un publicador vivo la está copiando
                 with contextlib.suppress(OSError):
-                    os.unlink(name, dir_fd=staging_fd)
+                    if stat.S_ISDIR(os.fstat(fd).st_mode):  # una carpeta preparada (publish_folder)
+                        shutil.rmtree(name, dir_fd=staging_fd)
+                    else:
+                        os.unlink(name, dir_fd=staging_fd)
                     removed += 1
             finally:
                 os.close(fd)

@@ -104,8 +104,9 @@ class Daemon:
         self._cancel_wanted.set()
         self._write_status()
         self.notifier.ready(self._status_text())
+        tools = await asyncio.to_thread(self.registry.tools)  # ffmpeg, deno, yt-dlp en uso (issue 16)
         _log.info("daemon.ready", instance=self.spool.instance, max_concurrent=s.max_concurrent,
-                  temp_dir=str(s.temp_dir), output_dir=str(s.output_dir))
+                  temp_dir=str(s.temp_dir), output_dir=str(s.output_dir), **tools)
         await self._stop.wait()
         await self._shutdown(workers)
         await self._stop_metrics()

@@ -41,7 +41,8 @@ _TRANSITIONS: dict[str, dict[str, str]] = {
     "queued": {"job.started": "running", "job.cancelled": "terminal", "job.requeued": "requeued"},
     "running": {"job.started": "running", "job.progress": "running", "job.retrying": "running",
                 "job.publish_retrying": "running", "job.published": "published", "job.failed": "terminal",
-                "job.cancelled": "terminal", "job.interrupted": "interrupted"},
+                "job.cancelled": "terminal", "job.interrupted": "interrupted", "job.routed": "running",
+                "job.postprocess_started": "running", "job.postprocess_finished": "running"},
     # Un registro que no se pudo escribir retira la publicación (job.unpublished) y se reintenta.
     "published": {"job.recorded": "published", "job.succeeded": "terminal", "job.published": "published",
                   "job.unpublished": "running"},

@@ -25,10 +25,11 @@ from daemon.config import (
     restart_required_changes,
     settings_diff,
 )
+from daemon.postprocess import PostprocessSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _SECTIONS = {"download": DownloadSettings, "reaper": ReaperSettings, "ytdlp": YtdlpSettings,
-             "metrics": MetricsSettings}
+             "metrics": MetricsSettings, "postprocess": PostprocessSettings}
 
 
 def _write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
@@ -45,6 +46,8 @@ def _dataclass_default(key: str) -> object:
     else:
         cls, name = Settings, key
     field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
     return field.default
 
 
@@ -101,7 +104,10 @@ def test_checkout_config_yaml_loads_and_runs_under_var(tmp_path: Path) -> None:
     assert settings.source == REPO_ROOT / "config.yaml"
     # lo que dice el archivo del checkout es lo mismo que los valores por defecto, salvo loopback:
     # el config de desarrollo lo permite (la demo sin red) y lo explica en un comentario
-    assert settings_diff(default_settings(REPO_ROOT), settings) == ["download.allow_private_networks"]
+    # y el perfil de post-proceso ``videonote`` que se distribuye (issue 16)
+    assert settings_diff(default_settings(REPO_ROOT), settings) == ["download.allow_private_networks",
+                                                                    "postprocess.profiles"]
+    assert "videonote" in settings.postprocess.profiles
     assert "allow_private_networks: true" in (REPO_ROOT / "config.yaml").read_text()
     assert "Loopback" in (REPO_ROOT / "config.yaml").read_text()
 

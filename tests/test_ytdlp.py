@@ -215,7 +215,7 @@ def test_direct_media_forced_ytdlp(mode: str, server: TestServer, temp_root: Pat
     assert result.sha256 == hashlib.sha256(MEDIA).hexdigest()
     assert captured.mode_of_path is not None and stat.S_ISREG(captured.mode_of_path)
     assert result.path.parent == captured.temp_dir  # el archivo estaba dentro del directorio aislado
-    assert result.filename == result.path.name and result.filename.endswith(".mp4")
+    assert result.path.name == "media.mp4" and result.filename == "clip.mp4"  # nombre público: el título
     assert result.extra["extractor"] == "Generic"
     assert result.extra["ytdlp_mode"] == mode
     assert result.extra["ytdlp_version"]

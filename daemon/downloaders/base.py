@@ -70,6 +70,8 @@ class DownloadOptions:
     allowed_networks: tuple[str, ...] = ()
     max_redirects: int = 10
     correlation_id: str | None = None
+    # Perfil de post-proceso (``daemon.postprocess.Profile``) elegido por el trabajo, o None.
+    postprocess: Any = None
 
 
 @dataclass(slots=True)

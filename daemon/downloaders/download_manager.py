@@ -42,9 +42,12 @@ from daemon.downloaders.base import (
 from daemon.downloaders.download_lifecycle import DownloadLifecycle, LifecycleState, safe_filename_in
 from daemon.downloaders.download_task import CancelResult, DownloadTask, RetryPolicy, TaskState
 from daemon.downloaders.job_finish import Finisher
+from daemon.downloaders.ytdlp.result import folder_result
 from daemon.events import bind_correlation_id, get_logger
 from daemon.faultpoints import apause_point, crash_point
+from daemon.postprocess import postprocess_step
 from daemon.publish import PUBLISH_MARKER, find_linked_publication, recover_publication
+from daemon.publish_folder import FOLDER_MARKER, recover_folder
 from daemon.sha import file_sha256
 
 __all__ = ["CancelResult", "DownloadManager", "DownloadTask", "RetryPolicy", "TaskState"]
@@ -77,7 +80,7 @@ class DownloadManager:
         on_outcome: Hook | None = None,
         on_finished: Hook | None = None,
         fsync: bool = True,
-        resolve_auto: Callable[[str], Awaitable[str]] | None = None,
+        resolve_auto: Callable[[DownloadOptions], Awaitable[str]] | None = None,
     ) -> None:
         self.downloaders = downloaders
         self.output_root = output_root
@@ -319,6 +322,7 @@ class DownloadManager:
             await apause_point("download_complete", job_id)
             self._verify(options, result)
             await apause_point("verifying", job_id)
+            result = await postprocess_step(options, result, task.lifecycle.record.started_at)
             crash_point("before_publish")
             return await self.finisher.commit(task, result, marker, recovered=False)
 
@@ -338,6 +342,9 @@ class DownloadManager:
 
     def _previous_publication(self, task: DownloadTask, temp_dir: Path, marker: Path) -> DownloadResult | None:
         """Lo que una vida anterior del daemon ya publicó desde este directorio aislado, si algo."""
+        if (temp_dir / FOLDER_MARKER).exists():  # una lista (playlist): la carpeta entera
+            folder = recover_folder(temp_dir / FOLDER_MARKER)
+            return folder_result(folder, folder.name, 1 << 62, {}) if folder is not None else None
         published = (recover_publication(marker, None) if marker.exists()
                      else find_linked_publication(temp_dir, self._output_dir(task)))
         if published is None:
@@ -349,7 +356,7 @@ class DownloadManager:
         self, task: DownloadTask, options: DownloadOptions, progress: Callable[[int, int | None], None] | None
     ) -> DownloadResult:
         if task.downloader == "auto":  # se decide al arrancar: la cola no paga la consulta
-            task.downloader = await self.resolve_auto(options.url) if self.resolve_auto else "http"
+            task.downloader = await self.resolve_auto(options) if self.resolve_auto else "http"
         downloader = self.downloaders[task.downloader]
         while True:
             try:

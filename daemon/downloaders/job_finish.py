@@ -20,6 +20,7 @@ from daemon.downloaders.download_task import DownloadTask, TaskState
 from daemon.events import get_logger
 from daemon.faultpoints import crash_point, pause_point
 from daemon.publish import publish_file, unpublish
+from daemon.publish_folder import FOLDER_MARKER, publish_folder, unpublish_folder
 
 __all__ = ["Finisher"]
 
@@ -93,9 +94,7 @@ class Finisher:
             _log.info("job.published", correlation_id=job_id, path=str(published_path), recovered=True,
                       size=result.size, sha256=result.sha256)
         else:
-            published = publish_file(result.path, self.output_root, task.output_subdir, result.filename, marker,
-                                     self.fsync)
-            published_path, renamed = published.path, published.renamed
+            published_path, renamed = self._publish(task, result, marker)
             _log.info("job.published", correlation_id=job_id, path=str(published_path), renamed=renamed,
                       size=result.size, sha256=result.sha256)
         task.published_path, task.renamed, task.result = published_path, renamed, result
@@ -108,7 +107,7 @@ class Finisher:
             # Sin registro no hay éxito: el nombre público se retira y el intento falla como
             # almacenamiento (se reintenta si es pasajero). El archivo sigue en el directorio aislado.
             task.state, task.published_path, task.concluded = TaskState.PUBLISHING, None, False
-            unpublish(published_path, self.fsync)
+            (unpublish_folder if published_path.is_dir() else unpublish)(published_path, self.fsync)
             marker.unlink(missing_ok=True)
             _log.warning("job.unpublished", correlation_id=job_id, path=str(published_path),
                          reason=f"the terminal record could not be written: {exc.strerror or exc}")
@@ -116,6 +115,15 @@ class Finisher:
         result.path, result.filename, result.published = published_path, published_path.name, True
         task.result = result
         pause_point("recorded", job_id)
+
+    def _publish(self, task: DownloadTask, result: DownloadResult, marker: Path) -> tuple[Path, bool]:
+        """Un archivo con ``publish_file``; la carpeta de una lista (``playlist``) con ``publish_folder``."""
+        if result.path.is_dir():
+            return publish_folder(result.path, self.output_root, task.output_subdir, result.filename,
+                                  marker.with_name(FOLDER_MARKER), self.fsync)
+        published = publish_file(result.path, self.output_root, task.output_subdir, result.filename, marker,
+                                 self.fsync)
+        return published.path, published.renamed
 
     def _conclude_or_raise(self, task: DownloadTask) -> None:
         task.concluded = True

@@ -44,18 +44,25 @@ from daemon.downloaders.ytdlp.extractors import (
     preload_extractors,
     ytdlp_version,
 )
+from daemon.downloaders.ytdlp.names import published_name
+from daemon.downloaders.ytdlp.tools import ToolInfo, describe_tools, find_deno, find_ffmpeg
 
 __all__ = [
     "FormatUnavailable",
     "MediaUnavailable",
+    "ToolInfo",
     "YtdlpCrashed",
     "YtdlpDownloader",
     "YtdlpFailed",
     "build_argv",
     "claiming_extractor",
     "classify_failure",
+    "describe_tools",
+    "find_deno",
+    "find_ffmpeg",
     "pick_downloader",
     "preload_extractors",
+    "published_name",
     "ytdlp_command",
     "ytdlp_version",
 ]

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from daemon.downloaders.base import DownloadOptions
+from daemon.downloaders.ytdlp.names import ITEM_TEMPLATE, SINGLE_TEMPLATE
 
 __all__ = [
     "FILE_MARK",
@@ -32,7 +33,7 @@ PROGRESS_MARK = "vndl:progress "
 INFO_MARK = "vndl:info "
 FILE_MARK = "vndl:file "
 
-OUTPUT_TEMPLATE = "%(title).150B [%(id).60B].%(ext)s"
+OUTPUT_TEMPLATE = SINGLE_TEMPLATE  # compatibilidad: el nombre fijo de un trabajo de un solo archivo
 TEMP_SUBDIR = ".ytdlp"
 # El proceso auxiliar (guarda de red y zigoto) se ejecuta por ruta, sin importar el paquete daemon.
 ZYGOTE_SCRIPT = Path(__file__).with_name("zygote_server.py")
@@ -44,11 +45,15 @@ def build_argv(
     socket_timeout: float = 30.0,
     progress_delta: float = 0.25,
     fragment_retries: int = 3,
+    ffmpeg: str | None = None,
+    deno: str | None = None,
+    concurrent_fragments: int = 1,
 ) -> list[str]:
     """Argumentos de yt-dlp para un trabajo (sin el intérprete). La URL va la última, tras ``--``.
 
     Cada valor que viene del trabajo es un único elemento de argv en la forma ``--opción=valor``,
-    así que nunca puede leerse como otra opción.
+    así que nunca puede leerse como otra opción. ``ffmpeg`` y ``deno`` son las rutas de
+    ``tools`` (None: yt-dlp busca por su cuenta); el nombre de salida es fijo (``names``).
     """
     if options.output_path is None:
         raise ValueError("options.output_path is not set; run the download through DownloadLifecycle")
@@ -60,9 +65,11 @@ def build_argv(
         "--no-plugin-dirs",
         "--no-cache-dir",
         "--yes-playlist" if options.playlist else "--no-playlist",
+        # Lista: un elemento que falla hace fallar el trabajo entero (nada se publica a medias).
+        "--abort-on-error" if options.playlist else "--no-abort-on-error",
         f"--paths=home:{home}",
         f"--paths=temp:{temp}",
-        f"--output={OUTPUT_TEMPLATE}",
+        f"--output={ITEM_TEMPLATE if options.playlist else SINGLE_TEMPLATE}",
         # --print implica --quiet: --no-quiet deja los mensajes de pantalla en stdout (p. ej. el
         # aviso de --max-filesize, que no es un error) y --progress mantiene el progreso.
         "--no-quiet",
@@ -73,7 +80,7 @@ def build_argv(
         f"--progress-template=download:{PROGRESS_MARK}"
         "%(progress.{status,downloaded_bytes,total_bytes,total_bytes_estimate,filename})j",
         f"--print=before_dl:{INFO_MARK}%(.{{extractor_key,extractor,id,ext,format_id}})j",
-        f"--print=after_move:{FILE_MARK}%(.{{filepath,extractor_key,extractor,id}})j",
+        f"--print=after_move:{FILE_MARK}%(.{{filepath,extractor_key,extractor,id,title,ext,playlist_index}})j",
         "--no-mtime",
         f"--socket-timeout={socket_timeout:g}",
         # Los reintentos de intentos completos son del gestor; dentro de un intento sólo se
@@ -83,7 +90,14 @@ def build_argv(
         f"--fragment-retries={int(fragment_retries)}",
         "--abort-on-unavailable-fragments",
         f"--max-filesize={int(options.max_bytes)}",
+        f"--concurrent-fragments={max(1, int(concurrent_fragments))}",
+        # Sin componentes remotos: los scripts EJS vienen de la rueda yt-dlp-ejs, nunca de la red.
+        "--no-remote-components",
     ]
+    if ffmpeg:
+        argv.append(f"--ffmpeg-location={ffmpeg}")
+    if deno:
+        argv.append(f"--js-runtimes=deno:{deno}")
     if options.format:
         argv.append(f"--format={options.format}")
     argv += ["--", options.url]

@@ -28,9 +28,10 @@ from daemon.downloaders.ytdlp.extractors import known_claim, ytdlp_version
 from daemon.downloaders.ytdlp.output import RunState, SizeLimitHit, clean_line, consume
 from daemon.downloaders.ytdlp.preflight import check_job_url, refuse_private_host
 from daemon.downloaders.ytdlp.process import ExitInfo, Running, start_subprocess
+from daemon.downloaders.ytdlp.result import build_result, checked_paths
+from daemon.downloaders.ytdlp.tools import find_deno, find_ffmpeg
 from daemon.downloaders.ytdlp.zygote_client import ZygoteClient, ZygoteUnavailable
-from daemon.events import get_logger, redact
-from daemon.sha import file_sha256
+from daemon.events import get_logger
 
 __all__ = ["YtdlpDownloader"]
 
@@ -57,12 +58,18 @@ class YtdlpDownloader:
         use_zygote: bool = True,
         python: str | None = None,
         fragment_retries: int = 3,
+        ffmpeg: str = "auto",
+        concurrent_fragments: int = 8,
     ) -> None:
         self.kill_grace = float(kill_grace)
         self.socket_timeout = float(socket_timeout)
         self.use_zygote = bool(use_zygote)
         self.python = python or sys.executable
         self.fragment_retries = int(fragment_retries)
+        self.concurrent_fragments = int(concurrent_fragments)
+        # ffmpeg (PATH, si no el de imageio-ffmpeg) y deno (PATH, si no el de la rueda): se buscan una vez.
+        self.ffmpeg, self.ffmpeg_source = find_ffmpeg(ffmpeg)
+        self.deno, self.deno_source = find_deno()
         self._zygote = ZygoteClient(self.python)
 
     @property
@@ -88,7 +95,8 @@ class YtdlpDownloader:
         checked = check_job_url(options)
         if not options.allow_private_networks:
             await refuse_private_host(checked.host, checked.port, options.url)
-        args = build_argv(options, socket_timeout=self.socket_timeout, fragment_retries=self.fragment_retries)
+        args = build_argv(options, socket_timeout=self.socket_timeout, fragment_retries=self.fragment_retries,
+                          ffmpeg=self.ffmpeg, deno=self.deno, concurrent_fragments=self.concurrent_fragments)
         guard = not options.allow_private_networks
         run, version = await self._start(args, out_dir, guard)
         cid = options.correlation_id
@@ -166,37 +174,18 @@ class YtdlpDownloader:
 
     async def _result(self, out_dir: Path, state: RunState, version: str, run: Running,
                       options: DownloadOptions) -> DownloadResult:
-        root = out_dir.resolve()
-        paths: list[Path] = []
-        for reported in state.files:
-            path = Path(reported)
-            try:
-                inside = path.resolve(strict=True).parent == root and not path.is_symlink()
-            except OSError:
-                inside = False
-            if not inside or not path.is_file():
-                raise StorageError(
-                    "yt-dlp reported a file that is not a regular file in the job's temp dir",
-                    path=redact(str(path)), **self._details(state, run.exit_info, version),
-                )
-            paths.append(path)
-        path = paths[0]
-        try:
-            # yt-dlp ya terminó y el directorio es sólo nuestro (0700): tamaño y hash no cambian.
-            size = path.stat().st_size
-            digest = await asyncio.to_thread(file_sha256, path)
-        except OSError as exc:
-            raise StorageError(f"cannot read the downloaded file: {exc.strerror or exc}") from None
-        if size > options.max_bytes:
-            raise SizeLimitExceeded(f"the file has {size} bytes, over the limit of {options.max_bytes}",
-                                    max_bytes=options.max_bytes, size=size)
         extra: dict[str, Any] = {"ytdlp_version": version, "extractor": state.extractor,
                                  "ytdlp_mode": run.mode}
         if state.media_id:
             extra["media_id"] = state.media_id
         if run.exit_info is not None and run.exit_info.cpu_s is not None:
             extra["ytdlp_cpu_s"] = run.exit_info.cpu_s
-        if len(paths) > 1:
-            extra["files"] = [p.name for p in paths]
-        return DownloadResult(path=path, filename=path.name, size=size, sha256=digest, final_url=None,
-                              extra=extra)
+        try:
+            paths = checked_paths(out_dir, state.files)
+            # yt-dlp ya terminó y el directorio es sólo nuestro (0700): tamaño y hash no cambian.
+            return await asyncio.to_thread(build_result, out_dir, paths, state.file_info, options, extra)
+        except StorageError as exc:
+            exc.details.update(self._details(state, run.exit_info, version))
+            raise
+        except OSError as exc:
+            raise StorageError(f"cannot read the downloaded file: {exc.strerror or exc}") from None

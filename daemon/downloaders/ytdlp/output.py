@@ -46,6 +46,7 @@ class RunState:
         self.progress = progress
         self.completed = 0  # bytes de archivos ya terminados (vídeo + audio por separado, etc.)
         self.files: list[str] = []
+        self.file_info: list[dict[str, Any]] = []  # lo que yt-dlp dijo de cada archivo (título, ext...)
         self.extractor: str | None = None
         self.media_id: str | None = None
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
@@ -59,6 +60,7 @@ class RunState:
             data = _json_or_empty(line[len(FILE_MARK):])
             if isinstance(data.get("filepath"), str):
                 self.files.append(data["filepath"])
+                self.file_info.append(data)
             self._on_info(data)
         elif line.startswith(INFO_MARK):
             self._on_info(_json_or_empty(line[len(INFO_MARK):]))
