@@ -45,6 +45,7 @@ from daemon.config_values import (
 from daemon.config_values import (
     schemes as _schemes,
 )
+from daemon.producer_settings import PRODUCER_SETTINGS, ProducerSettings
 from daemon.units import parse_duration
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "ConfigError",
     "DownloadSettings",
     "MetricsSettings",
+    "ProducerSettings",
     "ReaperSettings",
     "SettingSpec",
     "Settings",
@@ -136,6 +138,7 @@ class Settings:
     reaper: ReaperSettings = field(default_factory=ReaperSettings)
     ytdlp: YtdlpSettings = field(default_factory=YtdlpSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    producers: ProducerSettings = field(default_factory=ProducerSettings)
     source: Path | None = None
     # Valores tal como se escribieron en el archivo (``10m``, no ``600.0``), por clave con punto.
     written: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -204,10 +207,11 @@ SCHEMA: tuple[SettingSpec, ...] = (
                 "serve Prometheus /metrics on this TCP address (e.g. 127.0.0.1:9464) or unix socket "
                 "(a relative path resolves against the config's folder); null: off (docs/operations.md)",
                 _listen),
+    *(SettingSpec(*row) for row in PRODUCER_SETTINGS),
 )
 _SPECS = {spec.key: spec for spec in SCHEMA}
 _SECTIONS = {"download": DownloadSettings, "reaper": ReaperSettings, "ytdlp": YtdlpSettings,
-             "metrics": MetricsSettings}
+             "metrics": MetricsSettings, "producers": ProducerSettings}
 
 
 def default_settings(base_dir: Path | None = None) -> Settings:

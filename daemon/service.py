@@ -83,11 +83,13 @@ class Daemon:
             progress_interval=s.download.progress_interval, on_outcome=self.outcomes.conclude,
             on_finished=self._task_finished, resolve_auto=self.registry.resolve_auto,
         )
-        self.intake = Intake(lambda: self.settings, self.manager, self.outcomes, self.registry, self.live)
+        self.intake = Intake(lambda: self.settings, self.manager, self.outcomes, self.registry, self.live,
+                             wake=self._scan_wanted.set)
         await self._start_metrics()
         recover_orphaned_claims(self.outcomes, self.intake.limits(), s.temp_dir)
         self._sweep_staging(max_age=0.0)
-        self.watcher = SpoolWatcher({"incoming": self.spool.incoming, "cancel": self.spool.cancel}, self._wake)
+        self.watcher = SpoolWatcher({"incoming": self.spool.incoming, "cancel": self.spool.cancel}, self._wake,
+                                    observe={"incoming": self.intake.arrivals.observe})
         self.watcher.start()
         workers = [
             self._spawn(self._scan_loop, "scan"),

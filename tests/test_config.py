@@ -17,6 +17,7 @@ from daemon.config import (
     ConfigError,
     DownloadSettings,
     MetricsSettings,
+    ProducerSettings,
     ReaperSettings,
     Settings,
     YtdlpSettings,
@@ -28,7 +29,7 @@ from daemon.config import (
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _SECTIONS = {"download": DownloadSettings, "reaper": ReaperSettings, "ytdlp": YtdlpSettings,
-             "metrics": MetricsSettings}
+             "metrics": MetricsSettings, "producers": ProducerSettings}
 
 
 def _write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
