@@ -9,6 +9,8 @@ se rechaza o se salta (una vez, con evento) sin detener ni frenar el bucle.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -250,7 +252,12 @@ class Intake:
                     unknown.add(marker.job_id)
             except Exception as exc:
                 _log.exception("daemon.error", where="cancel", correlation_id=marker.job_id, error=repr(exc))
-        self.unknown_cancels = unknown
+        if unknown:  # lo reclamado y aún no aceptado (un instante) también es conocido
+            with contextlib.suppress(OSError):
+                unknown -= {name.split(".", 1)[0] for name in os.listdir(self.spool.claimed)}
+        if unknown != self.unknown_cancels:
+            self.unknown_cancels = unknown
+            self.outcomes.on_change()  # el estado lo publica: `videonote-dl cancel` lo lee ahí
         self._expire_old()
 
     async def _one_cancel(self, marker: CancelMarker) -> bool:

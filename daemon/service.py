@@ -318,6 +318,7 @@ class Daemon:
             "incoming_waiting": self._incoming_waiting(), "counts": dict(self.counts),
             "last_scan": iso_time(self.intake.last_scan) if self.intake and self.intake.last_scan else None,
             "watcher_restarts": self.watcher.restarts if self.watcher else 0,
+            "cancel_unknown": sorted(self.intake.unknown_cancels)[:1000] if self.intake else [],
             "spool_dir": str(self.settings.spool_dir), "event_log": str(self.settings.event_log),
         }
         try:
