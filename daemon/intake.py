@@ -120,12 +120,13 @@ class Intake:
         con evento) lo que no se puede mover. Nunca lanza."""
         if self._skipped.get(("incoming", entry.name)) == entry.ino:
             return False
-        wait = self.arrivals.wait_for(entry.name, entry.mtime_ns, entry.ctime_ns, self._settings().producers.settle)
+        kind = kind_of(entry.mode)  # lo que no es un archivo regular no se está escribiendo: sin espera
+        wait = 0.0 if kind is not None else self.arrivals.wait_for(entry.name, entry.mtime_ns, entry.ctime_ns,
+                                                                   self._settings().producers.settle)
         if wait > 0:
             self._due = min(self._due, wait)
             return False
         try:
-            kind = kind_of(entry.mode)
             if kind is not None:
                 self.outcomes.rejected(entry.name, f"the job file is {kind}; write a regular file in spool/tmp/ "
                                        "and rename it into incoming/", None, source=self.spool.incoming)

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import os
 import secrets
+import shutil
 import socket
 import stat
 import time
@@ -247,12 +248,12 @@ class Spool:
         except FileNotFoundError:
             return None
         except (IsADirectoryError, PermissionError) as exc:
-            try:
-                os.rmdir(path)  # un directorio vacío; uno con contenido ajeno se queda (y se dice)
-            except FileNotFoundError:
-                return None
-            except OSError:
-                return exc.strerror or str(exc)
+            # Un directorio: se borra con su contenido (rmtree no sigue enlaces); si no se puede
+            # (sin permiso dentro), se queda y el llamador lo dice una vez.
+            problems: list[str] = []
+            shutil.rmtree(path, onerror=lambda _f, _p, e: problems.append(getattr(e[1], "strerror", None) or "error"))
+            if problems and os.path.lexists(path):
+                return problems[0] or exc.strerror or str(exc)
         except OSError as exc:
             return exc.strerror or str(exc)
         return None
