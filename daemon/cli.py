@@ -11,7 +11,6 @@ import os
 import shutil
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from daemon import __version__
@@ -195,13 +194,15 @@ def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         value = getattr(args, key)
         if value is not None:
             job[key] = value
-    job_id = submit_job(settings, job)
-    print(job_id, flush=True)
+    submission = submit_job(settings, job)
+    print(submission.job_id, flush=True)
     if not args.wait:
         return EXIT_OK
     from daemon.progress_view import wait_for_job
+    from daemon.submit import own_outcome
 
-    return wait_for_job(settings.spool_dir, settings.event_log, job_id, args.timeout)
+    return wait_for_job(settings.spool_dir, settings.event_log, submission.job_id, args.timeout,
+                        finder=lambda: own_outcome(settings.spool_dir, submission))
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -211,59 +212,9 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
-    job_id = _job_id(args.id)
-    finished = _terminal_record(settings, job_id)
-    if finished is not None:
-        late = "too late: " if finished.parent.name == "done" else ""
-        print(f"{late}job {job_id} already finished as {_record_outcome(finished)} (see {finished})", file=sys.stderr)
-        return EXIT_FAILED
-    marker = settings.spool_dir / "cancel" / job_id
-    if not marker.exists():
-        write_into_spool(settings, "cancel", job_id, b"")
-    from daemon.status import read_status
+    from daemon.cancel_cmd import cmd_cancel
 
-    if args.timeout <= 0 or not _daemon_alive(read_status(settings.status_file) or {}):
-        print(f"cancel requested for {job_id}")
-        return EXIT_OK
-    # El registro terminal dice qué pasó. Pasado el punto de no retorno (publicando) la
-    # cancelación llega tarde y el trabajo termina succeeded.
-    deadline = time.monotonic() + args.timeout
-    record: Path | None = None
-    while time.monotonic() < deadline:
-        record = _terminal_record(settings, job_id)
-        if record is not None:
-            break
-        time.sleep(0.05)
-    if record is None:
-        print(f"cancel requested for {job_id} (the daemon has not answered yet; see `videonote-dl show {job_id}`)")
-        return EXIT_OK
-    if record.parent.name == "done":
-        print(f"too late: job {job_id} was already being published and finished as succeeded (see {record})",
-              file=sys.stderr)
-        return EXIT_FAILED
-    outcome = _record_outcome(record)
-    if outcome == "cancelled":
-        print(f"cancelled {job_id} (see {record})")
-        return EXIT_OK
-    print(f"job {job_id} ended as {outcome} before the cancel took effect (see {record})", file=sys.stderr)
-    return EXIT_FAILED
-
-
-def _terminal_record(settings: Settings, job_id: str) -> Path | None:
-    for folder in ("done", "failed"):
-        path = settings.spool_dir / folder / f"{job_id}.json"
-        if path.exists():
-            return path
-    return None
-
-
-def _record_outcome(path: Path) -> str:
-    import orjson
-
-    try:
-        return str(orjson.loads(path.read_bytes()).get("outcome", "unknown"))
-    except (OSError, ValueError):
-        return "unknown"
+    return cmd_cancel(settings, _job_id(args.id), args.timeout, _daemon_alive)
 
 
 def _daemon_alive(status: dict[str, Any]) -> bool:

@@ -109,6 +109,9 @@ def cmd_show(settings: Settings, job_id: str) -> int:
             print(f"  size:     {format_size(data.get('size') or 0)}   sha256 {data.get('sha256')}")
         if data.get("job"):
             print(f"  url:      {data['job'].get('url')}")
+        for key, label in (("submitter", "submitter"), ("cancelled_by", "cancelled by")):
+            if isinstance(data.get(key), int) and data[key] >= 0:
+                print(f"  {label + ':':<9} {user_label(data[key])}")
         if data.get("attempts") is not None:
             print(f"  attempts: {data['attempts']}   duration {data.get('timings', {}).get('duration_s')}s")
         error = data.get("error")
@@ -128,6 +131,16 @@ def cmd_show(settings: Settings, job_id: str) -> int:
         for event in events:
             print("  " + format_event(event))
     return EXIT_OK
+
+
+def user_label(uid: int) -> str:
+    """``alice (uid 1001)``, o sólo el uid si no tiene nombre."""
+    import pwd
+
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def cmd_retry(settings: Settings, job_id: str, submit: Any) -> int:
@@ -159,7 +172,9 @@ def cmd_retry(settings: Settings, job_id: str, submit: Any) -> int:
     new_id = f"{base}-r{n}"
     job["id"] = new_id
     data = yaml.safe_dump(job, sort_keys=False).encode()
-    submit(settings, "incoming", f"{new_id}.yaml", data)
+    from daemon.submit import incoming_name
+
+    submit(settings, "incoming", incoming_name(new_id), data)
     print(new_id)
     print(f"resubmitted {job_id} as {new_id}", file=sys.stderr)
     return EXIT_OK

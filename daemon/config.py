@@ -46,6 +46,7 @@ from daemon.config_values import (
     schemes as _schemes,
 )
 from daemon.postprocess import PostprocessSettings, ffmpeg_setting, parse_profiles
+from daemon.producer_settings import PRODUCER_SETTINGS, ProducerSettings
 from daemon.units import parse_duration
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "ConfigError",
     "DownloadSettings",
     "MetricsSettings",
+    "ProducerSettings",
     "ReaperSettings",
     "SettingSpec",
     "Settings",
@@ -140,6 +142,7 @@ class Settings:
     ytdlp: YtdlpSettings = field(default_factory=YtdlpSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     postprocess: PostprocessSettings = field(default_factory=PostprocessSettings)
+    producers: ProducerSettings = field(default_factory=ProducerSettings)
     source: Path | None = None
     # Valores tal como se escribieron en el archivo (``10m``, no ``600.0``), por clave con punto.
     written: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -215,10 +218,12 @@ SCHEMA: tuple[SettingSpec, ...] = (
                 "serve Prometheus /metrics on this TCP address (e.g. 127.0.0.1:9464) or unix socket "
                 "(a relative path resolves against the config's folder); null: off (docs/operations.md)",
                 _listen),
+    *(SettingSpec(*row) for row in PRODUCER_SETTINGS),
 )
 _SPECS = {spec.key: spec for spec in SCHEMA}
 _SECTIONS = {"download": DownloadSettings, "reaper": ReaperSettings, "ytdlp": YtdlpSettings,
-             "metrics": MetricsSettings, "postprocess": PostprocessSettings}
+             "metrics": MetricsSettings, "postprocess": PostprocessSettings,
+             "producers": ProducerSettings}
 
 
 def default_settings(base_dir: Path | None = None) -> Settings:

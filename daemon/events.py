@@ -22,6 +22,7 @@ import orjson
 import structlog
 
 from daemon.durable import fsync_dir
+from daemon.producer_settings import DEFAULT_REDACT_QUERY
 from daemon.text import printable
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "remove_event_observer",
     "reopen_event_log",
     "set_log_level",
+    "set_redacted_query_params",
 ]
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
@@ -47,11 +49,31 @@ _SECRET_KEYS = frozenset({"authorization", "cookie", "proxy-authorization", "pas
 _threshold = _LEVELS["info"]
 
 
+def _query_pattern(names: tuple[str, ...]) -> re.Pattern[str] | None:
+    if not names:
+        return None
+    alternatives = "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True))
+    return re.compile(rf"(?i)(?P<lead>[?&;](?:{alternatives})=)[^&#;\s\"']*")
+
+
+_redacted_query: re.Pattern[str] | None = _query_pattern(DEFAULT_REDACT_QUERY)
+
+
+def set_redacted_query_params(names: tuple[str, ...]) -> None:
+    """Qué parámetros de consulta se enmascaran (``producers.redact_query``; cambia con SIGHUP)."""
+    global _redacted_query
+    _redacted_query = _query_pattern(tuple(names))
+
+
 def redact(text: str) -> str:
-    """Quita credenciales de URLs contenidas en ``text`` (``https://user:pw@host`` -> ``https://***@host``)."""
-    if "@" not in text:
-        return text
-    return _CREDENTIALS_IN_URL.sub(r"\g<scheme>***@", text)
+    """Quita credenciales de URLs contenidas en ``text`` (``https://user:pw@host`` -> ``https://***@host``)
+    y los valores de los parámetros de consulta secretos (``?token=abc`` -> ``?token=***``)."""
+    if "@" in text:
+        text = _CREDENTIALS_IN_URL.sub(r"\g<scheme>***@", text)
+    pattern = _redacted_query
+    if pattern is not None and "=" in text:
+        text = pattern.sub(r"\g<lead>***", text)
+    return text
 
 
 class EventLogFile:
@@ -236,7 +258,7 @@ def _scrub_value(value: Any) -> Any:
     # Recorre también dicts, listas y excepciones: un ``error={"message": "GET https://u:pw@h ..."}``
     # no debe filtrar la contraseña.
     if isinstance(value, str):
-        return redact(value) if "@" in value else value
+        return redact(value) if "@" in value or "=" in value else value
     if isinstance(value, dict):
         return {
             k: "***" if isinstance(k, str) and k.lower() in _SECRET_KEYS else _scrub_value(v)

@@ -10,21 +10,30 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 
 from daemon.job_rejected import JobRejected
 
-__all__ = ["JOB_FILE_MAX_BYTES", "is_candidate_name", "read_job_file"]
+__all__ = ["JOB_FILE_MAX_BYTES", "is_candidate_name", "kind_of", "read_job_file"]
 
 JOB_FILE_MAX_BYTES = 64 * 1024
 
 
+# Temporales y copias de editores y herramientas: vim (``4913``, ``x~``), emacs (``#x#``), nano
+# (``x.save``), JetBrains (``x___jb_tmp___``), navegadores (``x.part``, ``x.crdownload``).
+_EDITOR_DROPPINGS = re.compile(
+    r"(?:\d+|.*~|#.*#|.*\.(?:tmp|swp|swx|swo|save(?:\.\d+)?|part|partial|crdownload|bak|orig|kate-swp)"
+    r"|.*___jb_(?:tmp|old|bak)___)", re.IGNORECASE)
+
+
 def is_candidate_name(name: str) -> bool:
-    """Si un nombre en incoming/ ya es una entrega (no un temporal de un productor)."""
-    return not name.startswith(".") and not name.endswith(".tmp")
+    """Si un nombre en incoming/ ya es una entrega: no un oculto, ni un temporal de un productor,
+    ni un resto de editor (que se ignoran, no se rechazan)."""
+    return not name.startswith(".") and not _EDITOR_DROPPINGS.fullmatch(name)
 
 
-def _kind_of(mode: int) -> str | None:
+def kind_of(mode: int) -> str | None:
     """Qué es un archivo que no es regular, dicho para una persona; None si es regular."""
     if stat.S_ISREG(mode):
         return None
@@ -42,7 +51,7 @@ def _kind_of(mode: int) -> str | None:
 
 
 def _require_regular(st: os.stat_result) -> None:
-    kind = _kind_of(st.st_mode)
+    kind = kind_of(st.st_mode)
     if kind is not None:
         raise JobRejected(f"the job file is {kind}; write a regular file in spool/tmp/ and rename it into incoming/")
 

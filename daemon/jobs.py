@@ -286,15 +286,19 @@ JOB_SCHEMA: tuple[JobField, ...] = (
     JobField("max_bytes", "size", "config",
              "Capped by `download.max_bytes`. Enforced from Content-Length and as bytes arrive.", _check_max_bytes),
     JobField("timeout", "duration", "config",
-             "Limit for one attempt (`30s`, `10m`). At most 24h.", _check_timeout),
+             "Limit for one attempt (`30s`, `10m`). At most 24h, and never above the config's `download.timeout`: "
+             "a job may only lower it.", _check_timeout),
     JobField("retries", "integer {}..{}".format(*_RETRIES), "config",
              "Retries after transient errors (connection reset, timeout, 5xx, 408, 429, short body), with "
-             "exponential backoff and jitter; Retry-After is honoured.", _int_between("retries", *_RETRIES)),
+             "exponential backoff and jitter; Retry-After is honoured. Never above the config's "
+             "`download.retries`: a job may only lower it.", _int_between("retries", *_RETRIES)),
     JobField("format", "string", "none",
              "yt-dlp format selector (passed as one argument; never parsed as options). Not allowed with "
              "`downloader: http`.", _check_format),
     JobField("priority", "integer {}..{}".format(*_PRIORITY), "0",
-             "Higher runs first; equal priorities in arrival order.", _int_between("priority", *_PRIORITY)),
+             "Higher runs first; equal priorities in arrival order. Above the config's "
+             "`producers.priority_ceiling` (100) only root, the daemon's user and `producers.admin_group` may "
+             "submit; others are rejected.", _int_between("priority", *_PRIORITY)),
     JobField("playlist", "boolean", "false", "yt-dlp only: download a whole playlist.", _check_playlist),
     JobField("postprocess", "profile name", "none",
              "A post-processing profile defined by the operator in the config (`postprocess.profiles`), e.g. "

@@ -70,15 +70,19 @@ class Outcomes:
 
     # --- trabajos que no llegan a correr --------------------------------------------------
     def cancelled_before_start(self, claimed: ClaimedJob) -> None:
-        _log.warning("job.cancelled", correlation_id=claimed.id, attempt=0, while_state="incoming")
+        _log.warning("job.cancelled", correlation_id=claimed.id, attempt=0, while_state="incoming",
+                     cancelled_by=claimed.cancelled_by)
         self.write_terminal(claimed, "cancelled", None,
                             {"kind": "cancelled", "message": "cancelled before it started"})
         self.spool.release(claimed.name)
         self.spool.consume_cancel(claimed.id)
         self.counts["cancelled"] += 1
 
-    def rejected(self, name: str, reason: str, job_id: str | None) -> None:
-        path = self.spool.reject(name, reason)
+    def rejected(self, name: str, reason: str, job_id: str | None, source: Path | None = None,
+                 content: bytes | None = None) -> None:
+        """Rechaza ``name`` (de mis reclamos o de ``source``); ``content``: lo leído, para guardar una
+        copia sin valores de cabeceras. Un ``OSError`` al moverlo se propaga (el llamador lo salta)."""
+        path = self.spool.reject(name, reason, source, content)
         self.counts["rejected"] += 1
         self.on_change()
         # JSON escapa los controles; un nombre que no es UTF-8 lo escapa el registro de eventos.
@@ -131,7 +135,10 @@ class Outcomes:
         record: dict[str, Any] = {
             "id": job.id, "outcome": outcome, "job": job.to_record(), "source_file": claimed.name,
             "job_file_sha256": job.file_sha256, "daemon": {"instance": self.spool.instance, "version": __version__},
+            "submitter": claimed.submitter,
         }
+        if claimed.cancelled_by is not None and outcome == "cancelled":
+            record["cancelled_by"] = claimed.cancelled_by
         timings: dict[str, Any] = {"received_at": iso_time(claimed.received)}
         if task is not None:
             record["downloader"] = task.downloader

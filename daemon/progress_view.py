@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -71,9 +72,11 @@ def find_outcome(spool: Path, job_id: str) -> tuple[str, dict[str, Any]] | None:
 
 
 def wait_for_job(
-    spool: Path, event_log: Path, job_id: str, timeout: float | None = None, out: TextIO | None = None
+    spool: Path, event_log: Path, job_id: str, timeout: float | None = None, out: TextIO | None = None,
+    finder: Callable[[], tuple[str, dict[str, Any]] | None] | None = None,
 ) -> int:
-    """Muestra el progreso de ``job_id`` hasta su registro terminal. Devuelve 0 si terminó bien."""
+    """Muestra el progreso de ``job_id`` hasta su registro terminal. Devuelve 0 si terminó bien.
+    ``finder`` busca el desenlace (por defecto ``find_outcome``; ``submit`` busca el de su archivo)."""
     out = out or sys.stdout
     bar = ProgressBar(out, tty=out.isatty())
     deadline = time.monotonic() + timeout if timeout else None
@@ -84,7 +87,7 @@ def wait_for_job(
             now = time.monotonic()
             if now - last_check >= 0.25:
                 last_check = now
-                outcome = find_outcome(spool, job_id)
+                outcome = finder() if finder is not None else find_outcome(spool, job_id)
                 if outcome is not None:
                     return _report(outcome, bar)
             if deadline is not None and now > deadline:

@@ -83,11 +83,13 @@ class Daemon:
             progress_interval=s.download.progress_interval, on_outcome=self.outcomes.conclude,
             on_finished=self._task_finished, resolve_auto=self.registry.resolve_auto,
         )
-        self.intake = Intake(lambda: self.settings, self.manager, self.outcomes, self.registry, self.live)
+        self.intake = Intake(lambda: self.settings, self.manager, self.outcomes, self.registry, self.live,
+                             wake=self._scan_wanted.set)
         await self._start_metrics()
         recover_orphaned_claims(self.outcomes, self.intake.limits(), s.temp_dir)
         self._sweep_staging(max_age=0.0)
-        self.watcher = SpoolWatcher({"incoming": self.spool.incoming, "cancel": self.spool.cancel}, self._wake)
+        self.watcher = SpoolWatcher({"incoming": self.spool.incoming, "cancel": self.spool.cancel}, self._wake,
+                                    observe={"incoming": self.intake.arrivals.observe})
         self.watcher.start()
         workers = [
             self._spawn(self._scan_loop, "scan"),
@@ -317,6 +319,7 @@ class Daemon:
             "incoming_waiting": self._incoming_waiting(), "counts": dict(self.counts),
             "last_scan": iso_time(self.intake.last_scan) if self.intake and self.intake.last_scan else None,
             "watcher_restarts": self.watcher.restarts if self.watcher else 0,
+            "cancel_unknown": sorted(self.intake.unknown_cancels)[:1000] if self.intake else [],
             "spool_dir": str(self.settings.spool_dir), "event_log": str(self.settings.event_log),
         }
         try:

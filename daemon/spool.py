@@ -12,7 +12,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
+import shutil
 import socket
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,19 +28,34 @@ from daemon.dirlock import DirLock, DirLockBusy
 from daemon.durable import fsync_dir
 from daemon.faultpoints import crash_point
 from daemon.ids import CORRELATION_ID_PATTERN, new_correlation_id
+from daemon.job_scrub import scrub_job_file
 from daemon.jobfile import is_candidate_name, read_job_file
 from daemon.naming import numbered_names
 from daemon.text import printable
 
-__all__ = ["SPOOL_SUBDIRS", "IncomingEntry", "Spool"]
+__all__ = ["SPOOL_SUBDIRS", "CancelMarker", "IncomingEntry", "Spool"]
 
 SPOOL_SUBDIRS = ("tmp", "incoming", "active", "done", "failed", "rejected", "cancel")
 
 
 @dataclass(frozen=True, slots=True)
 class IncomingEntry:
+    """Una entrada de incoming/ tal como la ve ``lstat`` (nada se sigue ni se abre)."""
+
     name: str
     mtime_ns: int
+    ctime_ns: int = 0
+    mode: int = stat.S_IFREG
+    ino: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CancelMarker:
+    """``cancel/<id>``: quién lo dejó (su dueño) y cuándo."""
+
+    job_id: str
+    uid: int
+    mtime: float
 
 
 class Spool:
@@ -115,7 +133,8 @@ class Spool:
 
     # --- incoming ------------------------------------------------------------------------
     def scan_incoming(self) -> list[IncomingEntry]:
-        """Candidatos de incoming/, del más antiguo al más nuevo."""
+        """Candidatos de incoming/, del más antiguo al más nuevo. Una entrada que no se puede
+        examinar (desaparece, sin permiso) se salta: ninguna detiene el listado."""
         found: list[IncomingEntry] = []
         try:
             with os.scandir(self.incoming) as entries:
@@ -123,17 +142,19 @@ class Spool:
                     if not is_candidate_name(entry.name):
                         continue
                     try:
-                        mtime = entry.stat(follow_symlinks=False).st_mtime_ns
-                    except FileNotFoundError:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
                         continue
-                    found.append(IncomingEntry(entry.name, mtime))
+                    found.append(IncomingEntry(entry.name, st.st_mtime_ns, st.st_ctime_ns,
+                                               st.st_mode, st.st_ino))
         except FileNotFoundError:
             self.incoming.mkdir(parents=True, exist_ok=True)
         found.sort(key=lambda e: (e.mtime_ns, e.name))
         return found
 
     def claim(self, name: str) -> bool:
-        """Mueve incoming/name a mis reclamos. False si otro lo tomó antes (o ya no está)."""
+        """Mueve incoming/name a mis reclamos. False si otro lo tomó antes (o ya no está); otro
+        ``OSError`` (sin permiso, un punto de montaje...) se propaga para que el llamador lo salte."""
         if os.path.lexists(self.claimed / name):
             return False  # mismo nombre aún en curso: se reintentará cuando termine
         try:
@@ -158,12 +179,21 @@ class Spool:
         return target
 
     # --- terminales ---------------------------------------------------------------------
-    def reject(self, name: str, reason: str, source: Path | None = None) -> Path:
-        """Mueve el archivo a rejected/ y escribe ``<nombre>.reason`` con qué corregir."""
+    def reject(self, name: str, reason: str, source: Path | None = None, content: bytes | None = None) -> Path:
+        """Mueve el archivo a rejected/ y escribe ``<nombre>.reason`` con qué corregir.
+
+        Con ``content`` (lo leído del archivo) se guarda una copia nueva, 0600 y del daemon, sin
+        los valores de las cabeceras, y se borra el original; sin él, se mueve tal cual.
+        Un ``OSError`` al mover (p. ej. un directorio ajeno sin permiso) se propaga."""
         source = source or self.claimed
         target = self._free_name(self.rejected, name, reserve_suffix=".reason")
-        with contextlib.suppress(FileNotFoundError):
-            os.rename(source / name, self.rejected / target)
+        if content is not None:
+            self._write_atomic(self.rejected / target, scrub_job_file(content, name), overwrite=False, mode=0o600)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(source / name)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(source / name, self.rejected / target)
         text = (
             f"{reason}\n\n"
             f"file: {printable(name)}\nrejected_at: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
@@ -200,27 +230,52 @@ class Spool:
         raise OSError(errno.EEXIST, f"no free record name for {job_id} in {folder}")
 
     # --- cancelaciones -------------------------------------------------------------------
-    def cancel_requests(self) -> list[str]:
-        """Ids pedidos en cancel/ (nombres válidos; el resto se ignora)."""
+    def cancel_markers(self) -> tuple[list[CancelMarker], list[tuple[str, str]]]:
+        """Los marcadores válidos de cancel/ y las entradas inválidas (nombre, por qué)."""
+        markers: list[CancelMarker] = []
+        invalid: list[tuple[str, str]] = []
         try:
-            names = os.listdir(self.cancel)
+            with os.scandir(self.cancel) as entries:
+                for entry in entries:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if not CORRELATION_ID_PATTERN.fullmatch(entry.name):
+                        invalid.append((entry.name, "not a job id ([A-Za-z0-9_-]{1,64})"))
+                    elif not stat.S_ISREG(st.st_mode):
+                        invalid.append((entry.name, "not a regular file (create it with touch)"))
+                    else:
+                        markers.append(CancelMarker(entry.name, st.st_uid, st.st_mtime))
         except FileNotFoundError:
-            return []
-        return [n for n in names if CORRELATION_ID_PATTERN.fullmatch(n)]
+            pass
+        return markers, invalid
 
-    def cancel_requested(self, job_id: str) -> bool:
-        """Si hay un ``cancel/<id>`` (un stat, no un listado: se consulta por cada trabajo)."""
-        return os.path.lexists(self.cancel / job_id)
-
-    def cancel_age(self, job_id: str) -> float:
+    def cancel_marker(self, job_id: str) -> CancelMarker | None:
+        """El ``cancel/<id>`` de un trabajo (un stat, no un listado), si es un archivo regular."""
         try:
-            return time.time() - os.stat(self.cancel / job_id, follow_symlinks=False).st_mtime
-        except FileNotFoundError:
-            return 0.0
+            st = os.stat(self.cancel / job_id, follow_symlinks=False)
+        except OSError:
+            return None
+        return CancelMarker(job_id, st.st_uid, st.st_mtime) if stat.S_ISREG(st.st_mode) else None
 
-    def consume_cancel(self, job_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.cancel / job_id)
+    def consume_cancel(self, job_id: str) -> str | None:
+        """Retira ``cancel/<nombre>`` sea lo que sea; devuelve el problema si no se pudo."""
+        path = self.cancel / job_id
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return None
+        except (IsADirectoryError, PermissionError) as exc:
+            # Un directorio: se borra con su contenido (rmtree no sigue enlaces); si no se puede
+            # (sin permiso dentro), se queda y el llamador lo dice una vez.
+            problems: list[str] = []
+            shutil.rmtree(path, onerror=lambda _f, _p, e: problems.append(getattr(e[1], "strerror", None) or "error"))
+            if problems and os.path.lexists(path):
+                return problems[0] or exc.strerror or str(exc)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        return None
 
     # --- ayudas -------------------------------------------------------------------------
     @staticmethod
@@ -234,10 +289,13 @@ class Spool:
                 return candidate
         raise OSError(errno.EEXIST, f"no free name for {printable(name)} in {folder}")
 
-    def _write_atomic(self, path: Path, data: bytes, overwrite: bool) -> bool:
-        """Escribe en tmp/, fsync, y publica con link() (sin pisar) o rename() (pisando)."""
-        tmp = self.tmp / f".{path.name}.{os.getpid()}.{new_correlation_id()[:8]}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    def _write_atomic(self, path: Path, data: bytes, overwrite: bool, mode: int = 0o644) -> bool:
+        """Escribe en tmp/, fsync, y publica con link() (sin pisar) o rename() (pisando).
+
+        El temporal tiene un nombre imposible de adivinar y se crea con O_EXCL|O_NOFOLLOW: nada
+        que otro usuario plante en tmp/ se sigue ni se trunca."""
+        tmp = self.tmp / f".videonote-dl-{secrets.token_hex(16)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
         try:
             view = memoryview(data)
             while view:

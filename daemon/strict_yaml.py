@@ -149,7 +149,9 @@ def load_job_document(data: bytes, suffix: str) -> Any:
     """Convierte los bytes de un archivo de trabajo en un documento (JSON o YAML estricto)."""
     text = _decode(data)
     if not text.strip():
-        raise JobRejected("the job file is empty; write at least a line like url: https://example.org/file.mp4")
+        raise JobRejected("the job file is empty; write at least a line like url: https://example.org/file.mp4. "
+                          "Write the file in spool/tmp/ first, then rename it into spool/incoming/ (or use "
+                          "`videonote-dl submit`): a file written straight into incoming/ may be read half-written")
     if suffix == ".json":
         return _load_json(text)
     return _load_yaml(text)

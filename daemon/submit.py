@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import yaml
 
 from daemon.cli_errors import CliError, UsageError
@@ -14,7 +19,7 @@ from daemon.durable import fsync_dir
 from daemon.exit_codes import EXIT_NOT_FOUND, EXIT_PERMISSION
 from daemon.permissions import permission_message
 
-__all__ = ["submit_job", "write_into_spool"]
+__all__ = ["Submission", "incoming_name", "own_outcome", "submit_job", "write_into_spool"]
 
 
 def _spool_missing(settings: Settings, folder: Path) -> CliError:
@@ -35,9 +40,9 @@ def write_into_spool(settings: Settings, folder: str, name: str, data: bytes) ->
         present = True  # existe pero no se puede examinar: lo dirá el open() de abajo
     if not present:
         raise _spool_missing(settings, target_dir if not target_dir.is_dir() else tmp_dir)
-    tmp = tmp_dir / f".{name}.{os.getpid()}.tmp"
+    tmp = tmp_dir / f".videonote-dl-{secrets.token_hex(16)}.tmp"  # imposible de adivinar; nunca se sigue
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
     except PermissionError:
         raise CliError(permission_message(tmp_dir, "write into", config_label(settings), write=True),
                        EXIT_PERMISSION) from None
@@ -47,7 +52,7 @@ def write_into_spool(settings: Settings, folder: str, name: str, data: bytes) ->
         handle.flush()
         os.fsync(fd)
     target = target_dir / name
-    if target.exists():
+    if os.path.lexists(target):
         tmp.unlink()
         raise UsageError(f"{target} already exists; choose another --id")
     try:
@@ -61,8 +66,23 @@ def write_into_spool(settings: Settings, folder: str, name: str, data: bytes) ->
     return target
 
 
-def submit_job(settings: Settings, job: dict[str, Any]) -> str:
-    """Valida el trabajo como lo haría el daemon y lo deja en incoming/; devuelve su id."""
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """Lo que se entregó: el id, el nombre del archivo en incoming/ y el sha256 de sus bytes (el
+    registro del daemon lo repite en ``job_file_sha256``: así se reconoce el propio trabajo)."""
+
+    job_id: str
+    name: str
+    sha256: str
+
+
+def incoming_name(job_id: str, suffix: str = ".yaml") -> str:
+    """Nombre imposible de adivinar para un archivo de trabajo (incoming/ no es listable)."""
+    return f"{job_id}.{secrets.token_hex(16)}{suffix}"
+
+
+def submit_job(settings: Settings, job: dict[str, Any]) -> Submission:
+    """Valida el trabajo como lo haría el daemon y lo deja en incoming/."""
     from daemon.jobs import JobLimits, JobRejected, parse_job
 
     job_id = str(job["id"])
@@ -76,5 +96,27 @@ def submit_job(settings: Settings, job: dict[str, Any]) -> str:
 
     if find_outcome(settings.spool_dir, job_id) is not None:
         raise UsageError(f"id {job_id!r} already finished (`videonote-dl show {job_id}`); choose another --id")
-    write_into_spool(settings, "incoming", f"{job_id}.yaml", data)
-    return job_id
+    name = incoming_name(job_id)
+    write_into_spool(settings, "incoming", name, data)
+    return Submission(job_id, name, hashlib.sha256(data).hexdigest())
+
+
+def own_outcome(spool: Path, submission: Submission) -> tuple[str, dict[str, Any]] | None:
+    """El desenlace de ESTE envío: un registro con su ``job_file_sha256`` (nunca el de otro
+    trabajo con el mismo id), o su rechazo (``rejected/<nombre>.reason``)."""
+    for folder in ("done", "failed"):
+        candidates = [spool / folder / f"{submission.job_id}.json"]
+        with contextlib.suppress(OSError):
+            candidates += sorted((spool / folder).glob(f"{submission.job_id}.*.json"))
+        for path in candidates:
+            try:
+                data = orjson.loads(path.read_bytes())
+            except (OSError, orjson.JSONDecodeError):
+                continue
+            if isinstance(data, dict) and data.get("job_file_sha256") == submission.sha256:
+                return folder, data
+    try:
+        reason = (spool / "rejected" / f"{submission.name}.reason").read_text(errors="replace")
+    except OSError:
+        return None
+    return "rejected", {"reason": reason.split("\n\nfile:", 1)[0].strip()}

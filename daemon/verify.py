@@ -51,7 +51,8 @@ _TRANSITIONS: dict[str, dict[str, str]] = {
     # Un duplicado de un id ya terminado se rechaza (con razón): el trabajo sigue terminado.
     "terminal": {"job.recorded": "terminal", "job.recovered": "terminal", "job.rejected": "terminal"},
 }
-_IGNORED = {"job.cancel_requested", "job.cancel_ignored", "job.cancel_too_late"}
+_IGNORED = {"job.cancel_requested", "job.cancel_ignored", "job.cancel_too_late", "job.cancel_refused",
+            "job.cancel_expired"}
 
 
 @dataclass

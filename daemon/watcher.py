@@ -15,6 +15,7 @@ reinicia.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable
@@ -35,7 +36,11 @@ class _Wake:
         self._watcher = watcher
         self._label = label
 
-    def on_event(self, _event: InotifyEvent) -> None:
+    def on_event(self, event: InotifyEvent) -> None:
+        observe = self._watcher.observe.get(self._label)
+        if observe is not None:  # antes de despertar: el escaneo ya ve la pista
+            with contextlib.suppress(Exception):
+                observe(os.fsdecode(event.name), event.is_moved_to, event.is_create, event.is_close_write)
         self._watcher._notify(self._label)
 
     def on_watch_deleted(self, _wd: object) -> None:
@@ -49,9 +54,13 @@ class _Wake:
 class SpoolWatcher:
     """Observa carpetas y llama ``wake(label)`` (desde el hilo lector) cuando algo llega."""
 
-    def __init__(self, folders: dict[str, Path], wake: Callable[[str], None]) -> None:
+    def __init__(self, folders: dict[str, Path], wake: Callable[[str], None],
+                 observe: dict[str, Callable[[str, bool, bool, bool], None]] | None = None) -> None:
         self.folders = folders
         self.wake = wake
+        # Por carpeta, quién recibe cada llegada (nombre, movido, creado, cerrado): la espera de
+        # ``producers.settle`` (daemon/settle.py).
+        self.observe = observe or {}
         self._reader: InotifyFD | None = None
         self._identity: dict[str, tuple[int, int]] = {}
         self._pending: set[str] = set()

@@ -17,6 +17,7 @@ from daemon.config import (
     ConfigError,
     DownloadSettings,
     MetricsSettings,
+    ProducerSettings,
     ReaperSettings,
     Settings,
     YtdlpSettings,
@@ -29,7 +30,8 @@ from daemon.postprocess import PostprocessSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _SECTIONS = {"download": DownloadSettings, "reaper": ReaperSettings, "ytdlp": YtdlpSettings,
-             "metrics": MetricsSettings, "postprocess": PostprocessSettings}
+             "metrics": MetricsSettings, "postprocess": PostprocessSettings,
+             "producers": ProducerSettings}
 
 
 def _write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:

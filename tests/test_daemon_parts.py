@@ -32,6 +32,8 @@ def _settings(tmp_path: Path) -> Settings:
         "spool_dir": "spool", "temp_dir": "tmp", "output_dir": "out", "event_log": "events.jsonl",
         "status_file": "status.json", "ytdlp": {"enabled": False},
         "download": {"allow_private_networks": True, "backoff": "10ms", "retries": 1},
+        # Sin vigilante inotify: los archivos recién dejados se reclaman sin esperar a producers.settle.
+        "producers": {"settle": 0},
     }))
     return load_settings(config)
 

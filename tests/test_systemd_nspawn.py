@@ -184,8 +184,8 @@ def _install(c: Container) -> None:
                   f"{SPOOL}/done", STATE).stdout.split("\n")
     assert modes[:5] == [
         f"{SPOOL} 2750 videonote-dl videonote-dl-producers",
-        f"{SPOOL}/incoming 3770 videonote-dl videonote-dl-producers",
-        f"{SPOOL}/cancel 3770 videonote-dl videonote-dl-producers",
+        f"{SPOOL}/incoming 3730 videonote-dl videonote-dl-producers",
+        f"{SPOOL}/cancel 3730 videonote-dl videonote-dl-producers",
         f"{SPOOL}/done 2750 videonote-dl videonote-dl-producers",
         f"{STATE} 751 videonote-dl videonote-dl",
     ]

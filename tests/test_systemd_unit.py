@@ -41,6 +41,8 @@ ACCEPTED_EXPOSURES = {
     "RootDirectory=/RootImage=",
     "DeviceAllow=",
     "UMask=",
+    # El daemon necesita el uid real de cada productor (submitter, cancelled_by, quién cancela qué).
+    "PrivateUsers=",
 }
 
 needs_analyze = pytest.mark.skipif(
@@ -189,9 +191,11 @@ def test_sysusers_and_tmpfiles_build_a_spool_producers_can_write(tmp_path: Path)
     assert mode_owner(state) == ("0o751", uid, gid)  # dueño = User/Group: systemd no re-chownea el árbol
     assert mode_owner(spool) == ("0o2750", uid, producers)
     for writable in ("tmp", "incoming", "cancel"):
-        assert mode_owner(f"{spool}/{writable}") == ("0o3770", uid, producers), writable
-    for readable in ("active", "done", "failed", "rejected"):
+        assert mode_owner(f"{spool}/{writable}") == ("0o3730", uid, producers), writable  # maildrop: no listable
+    for readable in ("done", "failed"):
         assert mode_owner(f"{spool}/{readable}") == ("0o2750", uid, producers), readable
+    assert mode_owner(f"{spool}/rejected") == ("0o2710", uid, producers)
+    assert mode_owner(f"{spool}/active") == ("0o2700", uid, producers)
     assert mode_owner("/var/lib/videonote-dl/downloads") == ("0o2750", uid, producers)
     assert mode_owner("/var/cache/videonote-dl") == ("0o700", uid, gid)
     assert mode_owner("/var/log/videonote-dl") == ("0o750", uid, gid)

@@ -118,6 +118,7 @@ class DownloadManager:
         priority: int = 0,
         retry: RetryPolicy | None = None,
         output_subdir: str | None = None,
+        owner: int | None = None,
     ) -> DownloadTask:
         """Encola una descarga; lanza ``ValueError`` si ya hay una viva con ese id."""
         if correlation_id in self.tasks:
@@ -127,7 +128,7 @@ class DownloadManager:
         lifecycle = DownloadLifecycle(correlation_id, options, base_temp_dir=self.temp_root)
         task = DownloadTask(
             correlation_id, options, lifecycle, downloader=downloader, priority=priority, seq=next(self._seq),
-            retry=retry or RetryPolicy(), output_subdir=output_subdir,
+            retry=retry or RetryPolicy(), output_subdir=output_subdir, owner=owner,
         )
         self.tasks[correlation_id] = task
         heapq.heappush(self._heap, (-priority, task.seq, task))
