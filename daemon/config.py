@@ -8,6 +8,7 @@ y la referencia de docs/config.md, así que no pueden divergir.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -17,6 +18,9 @@ import yaml
 
 from daemon.config_values import (
     boolean as _boolean,
+)
+from daemon.config_values import (
+    choice as _choice,
 )
 from daemon.config_values import (
     int_between as _int_between,
@@ -129,6 +133,9 @@ class Settings:
     status_file: Path = Path("var/run/status.json")
     max_concurrent: int = 4
     max_queued: int = 20000
+    lookahead: int = 0
+    max_running_per_submitter: int = 0
+    watch: str = "auto"
     rescan_interval: float = 5.0
     shutdown_grace: float = 30.0
     log_level: str = "info"
@@ -159,12 +166,18 @@ SCHEMA: tuple[SettingSpec, ...] = (
     SettingSpec("output_dir", "path", "var/downloads", False, "where finished files are published", _path),
     SettingSpec("event_log", "path", "var/log/events.jsonl", False, "JSON-lines event log", _path),
     SettingSpec("status_file", "path", "var/run/status.json", False, "live status, rewritten atomically", _path),
-    SettingSpec("max_concurrent", "integer 1-1024", "4", True, "downloads running at once",
-                _int_between(1, 1024)),
+    SettingSpec("max_concurrent", "integer 1-1024", "4", True, "downloads running at once", _int_between(1, 1024)),
     SettingSpec("max_queued", "integer 1-1000000", "20000", True,
-                "jobs claimed from incoming/ and waiting in memory; the rest wait in incoming/",
+                "most jobs claimed and waiting in memory (lookahead claims fewer); the rest wait in incoming/",
                 _int_between(1, 1_000_000)),
-    SettingSpec("rescan_interval", "duration", "5s", True, "periodic rescan of incoming/", _positive_duration),
+    SettingSpec("lookahead", "integer 0-10000", "0", True, "jobs claimed beyond free slots; 0: the highest "
+                "priority starts next across a fleet (docs/operations.md)", _int_between(0, 10_000)),
+    SettingSpec("max_running_per_submitter", "integer 0-1024", "0", True, "downloads one submitter (job file "
+                "owner) may run at once; 0: no cap (equal priorities go round-robin anyway)", _int_between(0, 1024)),
+    SettingSpec("watch", "auto|inotify|poll", "auto", False, "poll: periodic rescans only (NFS, CIFS, CephFS); "
+                "auto picks poll on those", _choice("auto", "inotify", "poll")),
+    SettingSpec("rescan_interval", "duration", "5s", True, "periodic rescan of incoming/ and sweep of active/ "
+                "for a dead daemon's claims", _positive_duration),
     SettingSpec("shutdown_grace", "duration", "30s", True,
                 "on stop, how long running downloads may finish", parse_duration),
     SettingSpec("log_level", "debug|info|warning|error", "info", True, "lowest level written", _log_level),
@@ -216,8 +229,9 @@ def default_settings(base_dir: Path | None = None) -> Settings:
 
 
 def _resolve_paths(settings: Settings, base_dir: Path) -> Settings:
+    host = socket.gethostname().replace("/", "_") or "localhost"  # ``{host}``: uno por máquina
     resolved: dict[str, Any] = {
-        spec.key: (base_dir / getattr(settings, spec.key)).resolve()
+        spec.key: (base_dir / str(getattr(settings, spec.key)).replace("{host}", host)).resolve()
         for spec in SCHEMA
         if spec.kind == "path"
     }

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from daemon.claim_order import ClaimOrder
 from daemon.claimed_job import ClaimedJob, LiveJobs
 from daemon.config import Settings
 from daemon.downloader_registry import DownloaderRegistry
@@ -21,6 +22,7 @@ from daemon.faultpoints import apause_point, crash_point
 from daemon.ids import new_correlation_id
 from daemon.jobs import JobLimits, JobRejected, JobSpec, parse_job
 from daemon.outcomes import Outcomes
+from daemon.spool import IncomingEntry
 from daemon.text import printable
 
 __all__ = ["Intake"]
@@ -45,6 +47,7 @@ class Intake:
         self.last_scan = 0.0
         self.incoming_waiting = 0
         self._last_incoming_size = 0
+        self.claim_order = ClaimOrder(self.spool.incoming)
 
     def limits(self) -> JobLimits:
         s = self._settings()
@@ -54,13 +57,13 @@ class Intake:
     # --- incoming/ ----------------------------------------------------------------------
     async def scan_once(self, claiming: Callable[[], bool]) -> int:
         """Una pasada por incoming/; devuelve cuántos archivos reclamó."""
-        room = self._settings().max_queued - self.manager.queued
+        room = self.claim_room()
         if room <= 0:
             return 0
         if self._last_incoming_size > _SCAN_INLINE_LIMIT:
-            entries = await asyncio.get_running_loop().run_in_executor(None, self.spool.scan_incoming)
+            entries = await asyncio.get_running_loop().run_in_executor(None, self._candidates, room)
         else:
-            entries = self.spool.scan_incoming()
+            entries = self._candidates(room)
         self._last_incoming_size = len(entries)
         self.last_scan = time.time()
         claimed = 0
@@ -79,6 +82,17 @@ class Intake:
                     await asyncio.sleep(0)
         self.incoming_waiting = max(0, len(entries) - claimed)
         return claimed
+
+    def claim_room(self) -> int:
+        """Cuántos archivos reclamar ahora: los huecos libres más ``lookahead`` (lo que ya espera en
+        cola cuenta), nunca más de ``max_queued`` en cola. Lo demás se queda en incoming/, donde
+        otro daemon del mismo spool puede tomarlo."""
+        s, m = self._settings(), self.manager
+        return min(s.max_queued - m.queued, s.max_concurrent + s.lookahead - m.running - m.queued_ready)
+
+    def _candidates(self, room: int) -> list[IncomingEntry]:
+        """incoming/ en el orden de reclamo: prioridad, luego antigüedad (``daemon.claim_order``)."""
+        return self.claim_order.order(self.spool.scan_incoming(), room)
 
     def parse_claimed(self, name: str) -> JobSpec | None:
         """Lee y valida un archivo recién reclamado; si no vale, lo rechaza con motivo y da None."""

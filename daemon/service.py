@@ -23,6 +23,7 @@ from daemon.config import ConfigError, Settings, load_settings, restart_required
 from daemon.downloader_registry import DownloaderRegistry
 from daemon.downloaders.download_manager import DownloadManager, DownloadTask
 from daemon.events import get_logger, reopen_event_log, set_log_level
+from daemon.fleet import peer_sweep_loop, start_watching
 from daemon.intake import Intake
 from daemon.outcomes import Outcomes, iso_time
 from daemon.reaper import reap_staging, reap_temp_root
@@ -82,13 +83,13 @@ class Daemon:
             self.registry.downloaders, s.output_dir, max_concurrent=s.max_concurrent, temp_root=s.temp_dir,
             progress_interval=s.download.progress_interval, on_outcome=self.outcomes.conclude,
             on_finished=self._task_finished, resolve_auto=self.registry.resolve_auto,
+            max_running_per_owner=s.max_running_per_submitter,
         )
         self.intake = Intake(lambda: self.settings, self.manager, self.outcomes, self.registry, self.live)
         await self._start_metrics()
         recover_orphaned_claims(self.outcomes, self.intake.limits(), s.temp_dir)
         self._sweep_staging(max_age=0.0)
-        self.watcher = SpoolWatcher({"incoming": self.spool.incoming, "cancel": self.spool.cancel}, self._wake)
-        self.watcher.start()
+        self.watcher = start_watching(s, self.spool, self._wake)
         workers = [
             self._spawn(self._scan_loop, "scan"),
             self._spawn(self._cancel_loop, "cancel"),
@@ -96,6 +97,7 @@ class Daemon:
             self._spawn(self._reaper_loop, "reaper"),
             self._spawn(self._health_loop, "health"),
             self._spawn(self._reload_loop, "reload"),
+            self._spawn(lambda: peer_sweep_loop(self, self.outcomes, self._stop, self._scan_wanted.set), "peer_sweep"),
         ]
         if self.notifier.watchdog_interval:
             interval = self.notifier.watchdog_interval
@@ -349,7 +351,7 @@ class Daemon:
         self.settings = replace(new, **kept)
         set_log_level(self.settings.log_level)
         if self.manager is not None:
-            self.manager.set_max_concurrent(self.settings.max_concurrent)
+            self.manager.set_max_concurrent(self.settings.max_concurrent, self.settings.max_running_per_submitter)
             self.manager.progress_interval = self.settings.download.progress_interval
         _log.info("config.reloaded", changed=sorted(live), restart_required=restart)
         self._status_dirty.set()

@@ -57,9 +57,13 @@ class Spool:
         """Crea la disposición y la subcarpeta de reclamos de esta instancia, bloqueada."""
         for name in SPOOL_SUBDIRS:
             (self.root / name).mkdir(parents=True, exist_ok=True)
-        self.claimed.mkdir(mode=0o700, exist_ok=True)
-        self._lock = DirLock(self.claimed)
+        # La carpeta se bloquea antes de tener su nombre: un daemon que barre active/ (cada
+        # rescan_interval) nunca ve una carpeta nueva sin cerrojo y la toma por la de un muerto.
+        fresh = self.active / f".{self.instance}.new"
+        fresh.mkdir(mode=0o700, exist_ok=True)
+        self._lock = DirLock(fresh)
         self._lock.acquire()
+        os.rename(fresh, self.claimed)
         self._claimed_fd = os.open(self.claimed, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def close(self) -> None:
@@ -88,6 +92,9 @@ class Spool:
         for entry in entries:
             if entry.name == self.instance or not entry.is_dir(follow_symlinks=False):
                 continue
+            if entry.name.startswith("."):  # una carpeta aún sin nombre (ver prepare)
+                self._remove_abandoned(Path(entry.path))
+                continue
             lock = DirLock(Path(entry.path))
             try:
                 lock.acquire()
@@ -102,6 +109,21 @@ class Spool:
                     os.rmdir(entry.path)
             finally:
                 lock.release()
+
+    @staticmethod
+    def _remove_abandoned(path: Path) -> None:
+        """Una carpeta ``.<instancia>.new`` sin cerrojo y de hace más de un minuto es de un daemon que
+        murió al arrancar (vacía); una más joven puede ser de uno que arranca ahora mismo."""
+        lock = DirLock(path)
+        try:
+            if time.time() - os.stat(path, follow_symlinks=False).st_mtime < 60:
+                return
+            lock.acquire()
+            os.rmdir(path)
+        except OSError:
+            pass
+        finally:
+            lock.release()
 
     # --- incoming ------------------------------------------------------------------------
     def scan_incoming(self) -> list[IncomingEntry]:

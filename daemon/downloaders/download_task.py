@@ -63,6 +63,7 @@ class DownloadTask:
     seq: int = 0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     output_subdir: str | None = None
+    owner: int | None = None  # el remitente (uid dueño del archivo del trabajo): turnos y tope por remitente
     state: TaskState = TaskState.QUEUED
     task: asyncio.Task[None] | None = None
     queued_at: float = field(default_factory=time.time)
