@@ -2,9 +2,9 @@
 
 Cada tarea lleva un remitente (``owner``: el uid dueño del archivo del trabajo, o None si no se
 sabe). A igual prioridad, los huecos se reparten por turnos entre remitentes (una cola justa de
-"tiempo virtual de inicio": la n-ésima tarea en espera de un remitente recibe el turno n, contado
-desde el turno que ya se está sirviendo), así que quien deja 500 trabajos no retrasa más de un
-turno el primero de otro. Un tope opcional de descargas a la vez por remitente
+"tiempo virtual de inicio", por prioridad: la n-ésima tarea en espera de un remitente recibe el
+turno n, contado desde el turno que ya se está sirviendo en esa prioridad), así que quien deja 500
+trabajos no retrasa más de un turno el primero de otro. Un tope opcional de descargas a la vez por remitente
 (``max_running_per_owner``; 0 = sin tope) deja en espera a quien lo alcanzó sin frenar al resto.
 """
 
@@ -35,15 +35,16 @@ class FairQueue(Generic[T]):
         self.max_running_per_owner = max_running_per_owner
         self.running_by_owner: Counter[int | None] = Counter()
         self._heap: list[tuple[int, int, int, T]] = []  # (-prioridad, turno, llegada, tarea)
-        self._next_turn: dict[int | None, int] = {}
-        self._serving = 0  # turno de la última tarea que empezó
+        self._next_turn: dict[tuple[int | None, int], int] = {}  # (remitente, prioridad) -> turno
+        self._serving: dict[int, int] = {}  # prioridad -> turno de la última tarea que empezó
 
     def __len__(self) -> int:
         return len(self._heap)
 
     def push(self, task: T) -> None:
-        turn = max(self._next_turn.get(task.owner, 0), self._serving)
-        self._next_turn[task.owner] = turn + 1
+        key = (task.owner, task.priority)
+        turn = max(self._next_turn.get(key, 0), self._serving.get(task.priority, 0))
+        self._next_turn[key] = turn + 1
         heapq.heappush(self._heap, (-task.priority, turn, task.seq, task))
 
     def pop_ready(self) -> T | None:
@@ -56,7 +57,7 @@ class FairQueue(Generic[T]):
                 skipped.append(entry)
                 continue
             found = entry[3]
-            self._serving = max(self._serving, entry[1])
+            self._serving[found.priority] = max(self._serving.get(found.priority, 0), entry[1])
             self.running_by_owner[found.owner] += 1
             break
         for entry in skipped:
