@@ -11,14 +11,15 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import subprocess
 from pathlib import Path
 
 from daemon.claim_order import ClaimOrder, peek_priority
 from daemon.downloaders import DownloadOptions
-from daemon.downloaders.http_downloader import HttpDownloader
 from daemon.downloaders.download_manager import DownloadManager, DownloadTask
+from daemon.downloaders.http_downloader import HttpDownloader
 from daemon.fs_kind import NETWORK_FILESYSTEMS, choose_watch, fs_kind
 from daemon.spool import Spool
 from tests.support.http_server import Behavior, TestServer
@@ -96,7 +97,7 @@ def test_per_submitter_cap_keeps_slots_for_others(tmp_path: Path, test_server: T
     assert sorted(order) == sorted(j[0] for j in jobs)
     # Con el tope, los de Alice van uno tras otro: ninguno empieza antes de que acabe el anterior.
     alice = [t for t in started if t.owner == ALICE]
-    for previous, following in zip(alice, alice[1:], strict=False):
+    for previous, following in itertools.pairwise(alice):
         assert previous.finished_at is not None and following.started_at is not None
         assert following.started_at >= previous.finished_at
 
@@ -140,7 +141,7 @@ def test_claim_order_reads_priority_without_claiming(tmp_path: Path) -> None:
         assert order.peeks == 7 and names[0] == "old-low.yaml"
         # Con sitio para todos no se lee nada: por antigüedad.
         fresh = ClaimOrder(spool.incoming)
-        assert [e.name for e in fresh.order(spool.scan_incoming(), room=100)][0] == "bomb.yaml"
+        assert next(e.name for e in fresh.order(spool.scan_incoming(), room=100)) == "bomb.yaml"
         assert fresh.peeks == 0
     finally:
         spool.close()
