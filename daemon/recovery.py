@@ -29,11 +29,11 @@ def recover_orphaned_claims(outcomes: Outcomes, limits: JobLimits, temp_dir: Pat
     """Devuelve a incoming/ (o da por terminados) los reclamos de daemons muertos; cuántos archivos."""
     total = 0
     for source, names in outcomes.spool.orphaned_claims():
-        requeued = sum(_recover_one(outcomes, limits, temp_dir, source, name) for name in names)
-        if names:
+        if names:  # antes que los job.requeued: ``verify`` da por caídos los trabajos de esa instancia
             peer = source.name if source != outcomes.spool.active else "(loose files in active/)"
-            _log.warning("spool.peer_recovered", instance=peer, files=len(names), requeued=requeued,
-                         finished=len(names) - requeued)
+            _log.warning("spool.peer_recovered", instance=peer, files=len(names))
+        for name in names:
+            _recover_one(outcomes, limits, temp_dir, source, name)
         total += len(names)
     return total
 
