@@ -117,8 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     reap.add_argument("--dry-run", action="store_true", help="only print what would be removed")
     verify = command("verify", "check the spool's invariants: nothing lost, nothing partial")
     verify.add_argument("--running", action="store_true", help="the daemon is running: skip idle-only checks")
-    verify.add_argument("--event-log", action="append", type=Path, default=[], metavar="PATH",
-                        help="an event log to check (repeat: one per daemon sharing the spool); default: the config's")
+    verify.add_argument("--event-log", action="append", type=Path, default=[], help="log to check (repeat: per host)")
     check = command("check-config", "validate the config and print every key as it is in effect")
     check.add_argument("--reference", action="store_true", help="print the config reference (Markdown)")
     return parser
