@@ -48,14 +48,18 @@ def _verify(daemons: list[DaemonProcess]) -> str:
     return result.stdout
 
 
-def _drop_all(spool: Path, jobs: list[dict[str, Any]]) -> None:
-    """Como un productor, pero todos a la vez: se escriben en tmp/ y luego se renombran seguidos."""
+def _drop_all(spool: Path, jobs: list[dict[str, Any]]) -> dict[str, float]:
+    """Como un productor, pero todos a la vez: se escriben en tmp/ y luego se renombran seguidos.
+    Devuelve cuándo llegó cada uno a incoming/."""
     (spool / "tmp").mkdir(parents=True, exist_ok=True)
     (spool / "incoming").mkdir(parents=True, exist_ok=True)
     for job in jobs:
         (spool / "tmp" / f"{job['id']}.yaml").write_text(yaml.safe_dump(job))
+    arrived = {}
     for job in jobs:
         os.rename(spool / "tmp" / f"{job['id']}.yaml", spool / "incoming" / f"{job['id']}.yaml")
+        arrived[job["id"]] = time.time()
+    return arrived
 
 
 def test_live_daemon_requeues_a_dead_peers_claims(tmp_path: Path, test_server: TestServer) -> None:
@@ -120,7 +124,7 @@ def test_three_daemons_share_600_jobs_and_keep_priority_order(tmp_path: Path, te
         for daemon in daemons:
             wait_until(lambda daemon=daemon: daemon.count_events("daemon.ready"), 30, what="daemon ready")
         began = time.monotonic()
-        _drop_all(daemons[0].spool, jobs)
+        arrived = _drop_all(daemons[0].spool, jobs)
         wait_until(lambda: len(os.listdir(daemons[0].spool / "done")) == jobs_n, 240, interval=0.2,
                    what="600 records")
         took = time.monotonic() - began
@@ -136,17 +140,25 @@ def test_three_daemons_share_600_jobs_and_keep_priority_order(tmp_path: Path, te
         print(f"600 jobs in {took:.1f}s; per daemon: {dict(sorted(shares.items()))}")
         for n in range(3):
             assert abs(shares[n] - jobs_n / 3) <= 0.15 * jobs_n / 3, shares
-        # Orden por prioridad en toda la flota: un trabajo que empieza más de WINDOW después de otro
-        # nunca tiene más prioridad que él (WINDOW cubre dos daemons que escanean a la vez).
-        window = 0.5
-        inversions = []
-        for i, (ts, job_id, _n) in enumerate(starts):
-            later = [priority[j] for t, j, _ in starts[i + 1:] if t > ts + window]
-            if later and max(later) > priority[job_id]:
-                inversions.append((job_id, priority[job_id], max(later)))
+        # Prioridad en toda la flota: cuando un trabajo empieza, ninguno de más prioridad que ya
+        # esperaba en incoming/ empieza después. WINDOW cubre el reloj de eventos de tres procesos
+        # y dos daemons que escanean a la vez.
+        window = 0.3
+        started_at = {job_id: ts for ts, job_id, _n in starts}
+        inversions = [
+            (job_id, priority[job_id], other, priority[other], round(started_at[other] - ts, 3))
+            for ts, job_id, _n in starts
+            for other in priority
+            if priority[other] > priority[job_id] and arrived[other] < ts - window
+            and started_at[other] > ts + window
+        ]
         assert not inversions, inversions[:10]
-        levels = [priority[j] for _t, j, _n in starts]
+        # Y no por casualidad: pasada la llegada, el orden de inicio baja de 9 a 0.
+        levels = [priority[j] for t, j, _n in starts if t > max(arrived.values()) + window]
         assert levels[0] == 9 and levels[-1] == 0
+        # Ningún daemon acapara: con lookahead 0, lo que espera en su cola es sólo el recién llegado.
+        for daemon in daemons:
+            assert max(e["queued"] for e in daemon.events(name="job.queued")) <= 1
         out = _verify(daemons)
         assert f"OK: {jobs_n} jobs" in out, out
     finally:
