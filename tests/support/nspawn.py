@@ -38,8 +38,6 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.support.daemon_proc import wait_until
-
 __all__ = [
     "Container",
     "ContainerError",
@@ -239,6 +237,9 @@ def build_wheelhouse(project_dir: Path, cache_root: Path) -> Path:
 
 def _wait(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
     """``wait_until`` que, si vence el plazo, lanza ContainerError (el plazo no mide la velocidad)."""
+    # Importado aquí: como servidor dentro del contenedor, este archivo sólo usa la biblioteca estándar.
+    from tests.support.daemon_proc import wait_until
+
     return wait_until(predicate, timeout, interval=interval, what=what, error=ContainerError)
 
 
