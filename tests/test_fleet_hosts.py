@@ -39,7 +39,6 @@ SLOW_EVERY = 20  # uno de cada 20 es lento (~2 s): siempre hay descargas en curs
 _REASON = nspawn_unavailable_reason()
 pytestmark = [
     pytest.mark.systemd,
-    pytest.mark.slow,
     pytest.mark.skipif(_REASON is not None, reason=f"cannot boot systemd in a container: {_REASON}"),
 ]
 
