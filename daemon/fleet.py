@@ -62,4 +62,5 @@ async def peer_sweep_loop(daemon: _Daemon, outcomes: Outcomes, stop: asyncio.Eve
         if stop.is_set() or daemon.intake is None:
             return
         if sweep_dead_peers(outcomes, daemon.intake.limits(), daemon.settings.temp_dir):
+            daemon.intake.relist_wanted = True
             requeued()

@@ -48,6 +48,8 @@ class Intake:
         self.incoming_waiting = 0
         self._last_incoming_size = 0
         self.claim_order = ClaimOrder(self.spool.incoming)
+        self._listing: list[IncomingEntry] = []  # lo que quedó por reclamar de la última lectura, en orden
+        self.relist_wanted = True  # algo llegó a incoming/ (o volvió): releer en la próxima pasada
 
     def limits(self) -> JobLimits:
         s = self._settings()
@@ -60,16 +62,24 @@ class Intake:
         room = self.claim_room()
         if room <= 0:
             return 0
-        if self._last_incoming_size > _SCAN_INLINE_LIMIT:
-            entries = await asyncio.get_running_loop().run_in_executor(None, self._candidates, room)
+        # incoming/ se relee si algo llegó (inotify), cada rescan_interval o si se agotó lo leído;
+        # si no (un hueco que se libera), se sigue la lista ya ordenada: con miles esperando, releer
+        # y ordenar en cada desenlace costaba ~0,3 s por cada 4 reclamos.
+        if self.relist_wanted or not self._listing or time.time() - self.last_scan >= self._settings().rescan_interval:
+            self.relist_wanted = False
+            if self._last_incoming_size > _SCAN_INLINE_LIMIT:
+                entries = await asyncio.get_running_loop().run_in_executor(None, self._candidates, room)
+            else:
+                entries = self._candidates(room)
+            self._last_incoming_size = len(entries)
+            self.last_scan = time.time()
         else:
-            entries = self._candidates(room)
-        self._last_incoming_size = len(entries)
-        self.last_scan = time.time()
-        claimed = 0
+            entries = self._listing
+        claimed = seen = 0
         for entry in entries:
             if not claiming() or claimed >= room:
                 break
+            seen += 1
             if self.spool.claim(entry.name):
                 crash_point("after_claim")
                 claimed += 1
@@ -80,7 +90,8 @@ class Intake:
                     self.accept(job, entry.name)
                 if claimed % _CLAIM_BATCH == 0:
                     await asyncio.sleep(0)
-        self.incoming_waiting = max(0, len(entries) - claimed)
+        self._listing = entries[seen:]
+        self.incoming_waiting = len(self._listing)
         return claimed
 
     def claim_room(self) -> int:

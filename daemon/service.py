@@ -205,6 +205,8 @@ class Daemon:
     def _woken(self, label: str) -> None:
         if self.watcher is not None:
             self.watcher.acknowledge(label)  # antes de escanear: lo que llegue ahora vuelve a avisar
+        if label != "cancel" and self.intake is not None:
+            self.intake.relist_wanted = True
         (self._cancel_wanted if label == "cancel" else self._scan_wanted).set()
 
     async def _scan_loop(self) -> None:

@@ -123,12 +123,13 @@ def test_claim_order_reads_priority_without_claiming(tmp_path: Path) -> None:
         _drop(spool, "new-high.yaml", "url: http://example.org/b\npriority: 7\n", base + 10)
         _drop(spool, "mid.json", '{"url": "http://example.org/c", "priority": 3}', base + 20)
         _drop(spool, "broken.yaml", "url: [unclosed\n", base - 10)
-        _drop(spool, "bomb.yaml", "a: &x [1]\nb: *x\npriority: 9\n", base - 20)  # alias: nunca se expande
+        _drop(spool, "bomb.yaml", "a: &x [1]\nb: *x\npriority: 9\n", base - 20)  # sólo se lee como texto
         os.mkfifo(spool.incoming / "fifo.yaml")  # nunca se abre (se bloquearía)
         order = ClaimOrder(spool.incoming)
         names = [e.name for e in order.order(spool.scan_incoming(), room=1)]
-        # Prioridad primero; lo ilegible cuenta como 0 y va por antigüedad (el FIFO es el más nuevo).
-        assert names == ["new-high.yaml", "mid.json", "bomb.yaml", "broken.yaml", "old-low.yaml", "fifo.yaml"]
+        # Prioridad primero (la de bomb.yaml se lee como texto, sin expandir nada: su reclamo la
+        # rechazará); lo ilegible cuenta como 0 y va por antigüedad (el FIFO es el más nuevo).
+        assert names == ["bomb.yaml", "new-high.yaml", "mid.json", "broken.yaml", "old-low.yaml", "fifo.yaml"]
         assert order.peeks == 6
         # Nada se reclamó ni se movió.
         assert sorted(os.listdir(spool.incoming)) == sorted(names)
@@ -136,7 +137,7 @@ def test_claim_order_reads_priority_without_claiming(tmp_path: Path) -> None:
         # Una segunda pasada no relee; un archivo reescrito (mtime nuevo) sí.
         order.order(spool.scan_incoming(), room=1)
         assert order.peeks == 6
-        _drop(spool, "old-low.yaml", "url: http://example.org/a\npriority: 9\n", base + 30)
+        _drop(spool, "old-low.yaml", "url: http://example.org/a\npriority: 10\n", base + 30)
         names = [e.name for e in order.order(spool.scan_incoming(), room=1)]
         assert order.peeks == 7 and names[0] == "old-low.yaml"
         # Con sitio para todos no se lee nada: por antigüedad.
@@ -152,7 +153,10 @@ def test_peek_priority_of_odd_values(tmp_path: Path) -> None:
     folder.mkdir()
     (folder / "bool.yaml").write_text("url: http://e.org/x\npriority: true\n")
     (folder / "list.yaml").write_text("- 1\n- 2\n")
-    (folder / "neg.yaml").write_text("url: http://e.org/x\npriority: -4\n")
+    (folder / "neg.yaml").write_text("url: http://e.org/x\npriority: -4  # comment\n")
+    (folder / "twice.yaml").write_text("priority: 3\npriority: 8\n")
+    (folder / "nested.yaml").write_text("headers:\n  priority: 7\n")
+    (folder / "j.json").write_text('{"url": "http://e.org/x", "priority": 6}')
     os.symlink(folder / "neg.yaml", folder / "link.yaml")
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -160,6 +164,9 @@ def test_peek_priority_of_odd_values(tmp_path: Path) -> None:
         assert peek_priority(fd, "list.yaml") == 0
         assert peek_priority(fd, "neg.yaml") == -4
         assert peek_priority(fd, "link.yaml") == 0  # un enlace nunca se sigue
+        assert peek_priority(fd, "twice.yaml") == 0
+        assert peek_priority(fd, "nested.yaml") == 0
+        assert peek_priority(fd, "j.json") == 6
         assert peek_priority(fd, "missing.yaml") == 0
     finally:
         os.close(fd)
