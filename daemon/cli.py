@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from daemon import __version__
@@ -116,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     reap.add_argument("--dry-run", action="store_true", help="only print what would be removed")
     verify = command("verify", "check the spool's invariants: nothing lost, nothing partial")
     verify.add_argument("--running", action="store_true", help="the daemon is running: skip idle-only checks")
+    verify.add_argument("--event-log", action="append", type=Path, default=[], help="log to check (repeat: per host)")
     check = command("check-config", "validate the config and print every key as it is in effect")
     check.add_argument("--reference", action="store_true", help="print the config reference (Markdown)")
     return parser
@@ -323,7 +325,7 @@ def _cmd_reap(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     from daemon.verify import verify_spool
 
-    report = verify_spool(settings, daemon_stopped=not args.running)
+    report = verify_spool(settings, daemon_stopped=not args.running, event_logs=args.event_log)
     for problem in report.problems:
         print(f"PROBLEM {problem}")
     print(f"{'OK' if report.ok else 'FAILED'}: {report.jobs} jobs, {report.published} published files checked, "

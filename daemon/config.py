@@ -8,6 +8,7 @@ y la referencia de docs/config.md, así que no pueden divergir.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -15,36 +16,7 @@ from typing import Any
 
 import yaml
 
-from daemon.config_values import (
-    boolean as _boolean,
-)
-from daemon.config_values import (
-    int_between as _int_between,
-)
-from daemon.config_values import (
-    listen as _listen,
-)
-from daemon.config_values import (
-    log_level as _log_level,
-)
-from daemon.config_values import (
-    networks as _networks,
-)
-from daemon.config_values import (
-    optional_path as _optional_path,
-)
-from daemon.config_values import (
-    path as _path,
-)
-from daemon.config_values import (
-    positive_duration as _positive_duration,
-)
-from daemon.config_values import (
-    positive_size as _positive_size,
-)
-from daemon.config_values import (
-    schemes as _schemes,
-)
+from daemon import config_values as cv
 from daemon.postprocess import PostprocessSettings, ffmpeg_setting, parse_profiles
 from daemon.producer_settings import PRODUCER_SETTINGS, ProducerSettings
 from daemon.units import parse_duration
@@ -134,6 +106,9 @@ class Settings:
     status_file: Path = Path("var/run/status.json")
     max_concurrent: int = 4
     max_queued: int = 20000
+    lookahead: int = 0
+    max_running_per_submitter: int = 0
+    watch: str = "auto"
     rescan_interval: float = 5.0
     shutdown_grace: float = 30.0
     log_level: str = "info"
@@ -161,63 +136,69 @@ class SettingSpec:
 
 
 SCHEMA: tuple[SettingSpec, ...] = (
-    SettingSpec("spool_dir", "path", "var/spool", False, "spool root: tmp/ incoming/ active/ done/ ...", _path),
-    SettingSpec("temp_dir", "path", "var/tmp", False, "root of the videonote_dl_* temp dirs", _path),
-    SettingSpec("output_dir", "path", "var/downloads", False, "where finished files are published", _path),
-    SettingSpec("event_log", "path", "var/log/events.jsonl", False, "JSON-lines event log", _path),
-    SettingSpec("status_file", "path", "var/run/status.json", False, "live status, rewritten atomically", _path),
-    SettingSpec("max_concurrent", "integer 1-1024", "4", True, "downloads running at once",
-                _int_between(1, 1024)),
+    SettingSpec("spool_dir", "path", "var/spool", False, "spool root: tmp/ incoming/ active/ done/ ...", cv.path),
+    SettingSpec("temp_dir", "path", "var/tmp", False, "root of the videonote_dl_* temp dirs", cv.path),
+    SettingSpec("output_dir", "path", "var/downloads", False, "where finished files are published", cv.path),
+    SettingSpec("event_log", "path", "var/log/events.jsonl", False, "JSON-lines event log", cv.path),
+    SettingSpec("status_file", "path", "var/run/status.json", False, "live status, rewritten atomically", cv.path),
+    SettingSpec("max_concurrent", "integer 1-1024", "4", True, "downloads running at once", cv.int_between(1, 1024)),
     SettingSpec("max_queued", "integer 1-1000000", "20000", True,
-                "jobs claimed from incoming/ and waiting in memory; the rest wait in incoming/",
-                _int_between(1, 1_000_000)),
-    SettingSpec("rescan_interval", "duration", "5s", True, "periodic rescan of incoming/", _positive_duration),
+                "most jobs claimed and waiting in memory (lookahead claims fewer); the rest wait in incoming/",
+                cv.int_between(1, 1_000_000)),
+    SettingSpec("lookahead", "integer 0-10000", "0", True, "jobs claimed beyond free slots; 0: the highest "
+                "priority starts next across a fleet (docs/operations.md)", cv.int_between(0, 10_000)),
+    SettingSpec("max_running_per_submitter", "integer 0-1024", "0", True, "downloads one submitter (job file "
+                "owner) may run at once; 0: no cap (equal priorities go round-robin anyway)", cv.int_between(0, 1024)),
+    SettingSpec("watch", "auto|inotify|poll", "auto", False, "poll: periodic rescans only (NFS, CIFS, CephFS); "
+                "auto picks poll on those", cv.choice("auto", "inotify", "poll")),
+    SettingSpec("rescan_interval", "duration", "5s", True, "periodic rescan of incoming/ and sweep of active/ "
+                "for a dead daemon's claims", cv.positive_duration),
     SettingSpec("shutdown_grace", "duration", "30s", True,
                 "on stop, how long running downloads may finish", parse_duration),
-    SettingSpec("log_level", "debug|info|warning|error", "info", True, "lowest level written", _log_level),
-    SettingSpec("download.timeout", "duration", "10m", True, "limit for one attempt", _positive_duration),
+    SettingSpec("log_level", "debug|info|warning|error", "info", True, "lowest level written", cv.log_level),
+    SettingSpec("download.timeout", "duration", "10m", True, "limit for one attempt", cv.positive_duration),
     SettingSpec("download.retries", "integer 0-100", "3", True, "retries after transient errors",
-                _int_between(0, 100)),
+                cv.int_between(0, 100)),
     SettingSpec("download.backoff", "duration", "1s", True, "base of the exponential backoff", parse_duration),
     SettingSpec("download.max_backoff", "duration", "5m", True, "cap of one backoff wait", parse_duration),
     SettingSpec("download.max_bytes", "size", "10GiB", True, "largest file accepted (jobs may lower it)",
-                _positive_size),
+                cv.positive_size),
     SettingSpec("download.allowed_schemes", "list of http, https", "[http, https]", True,
-                "URL schemes a job may use", _schemes),
+                "URL schemes a job may use", cv.schemes),
     SettingSpec("download.allow_private_networks", "boolean", "false", True,
-                "allow loopback/private/link-local targets", _boolean),
+                "allow loopback/private/link-local targets", cv.boolean),
     SettingSpec("download.allowed_networks", "list of CIDR networks", "[]", True,
                 "private networks allowed even with allow_private_networks: false (e.g. [10.1.2.0/24]); "
-                "checked on every redirect hop", _networks),
+                "checked on every redirect hop", cv.networks),
     SettingSpec("download.max_redirects", "integer 0-50", "10", True, "redirect hops followed",
-                _int_between(0, 50)),
+                cv.int_between(0, 50)),
     SettingSpec("download.progress_interval", "duration", "1s", True, "least time between job.progress events",
-                _positive_duration),
+                cv.positive_duration),
     SettingSpec("download.ca_bundle", "path or empty", "\"\"", False,
                 "PEM file of extra CA certificates trusted for https:// (on top of the system's), e.g. your "
-                "own CA; checked at start-up", _optional_path),
-    SettingSpec("reaper.interval", "duration", "10m", True, "time between reaper passes", _positive_duration),
+                "own CA; checked at start-up", cv.optional_path),
+    SettingSpec("reaper.interval", "duration", "10m", True, "time between reaper passes", cv.positive_duration),
     SettingSpec("reaper.max_age", "duration", "1h", True, "age after which an unlocked temp dir is stale",
                 parse_duration),
-    SettingSpec("ytdlp.enabled", "boolean", "true", False, "allow the yt-dlp downloader", _boolean),
+    SettingSpec("ytdlp.enabled", "boolean", "true", False, "allow the yt-dlp downloader", cv.boolean),
     SettingSpec("ytdlp.kill_grace", "duration", "5s", False, "TERM-to-KILL wait for a yt-dlp process",
                 parse_duration),
     SettingSpec("ytdlp.socket_timeout", "duration", "30s", False,
-                "yt-dlp --socket-timeout (capped by the job's timeout)", _positive_duration),
+                "yt-dlp --socket-timeout (capped by the job's timeout)", cv.positive_duration),
     SettingSpec("ytdlp.zygote", "boolean", "true", False,
                 "fork each yt-dlp job from a warm helper process (~0.1 s CPU per job instead of ~0.6 s)",
-                _boolean),
+                cv.boolean),
     SettingSpec("ytdlp.ffmpeg", "auto or absolute path", "auto", False, "ffmpeg for yt-dlp and post-processing; "
                 "auto: ffmpeg on PATH, else the static build of the imageio-ffmpeg wheel", ffmpeg_setting),
     SettingSpec("ytdlp.concurrent_fragments", "integer 1-64", "8", False,
-                "HLS/DASH fragments fetched at once per job (yt-dlp -N)", _int_between(1, 64)),
+                "HLS/DASH fragments fetched at once per job (yt-dlp -N)", cv.int_between(1, 64)),
     SettingSpec("postprocess.profiles", "mapping", "{}", False, "post-processing programs a job picks by name "
                 "(`postprocess: NAME`): NAME: {command: [argv with {input} and {output}], timeout, extension}; "
                 "docs/ytdlp.md", parse_profiles),
     SettingSpec("metrics.listen", "host:port or socket path", "null", False,
                 "serve Prometheus /metrics on this TCP address (e.g. 127.0.0.1:9464) or unix socket "
                 "(a relative path resolves against the config's folder); null: off (docs/operations.md)",
-                _listen),
+                cv.listen),
     *(SettingSpec(*row) for row in PRODUCER_SETTINGS),
 )
 _SPECS = {spec.key: spec for spec in SCHEMA}
@@ -232,8 +213,9 @@ def default_settings(base_dir: Path | None = None) -> Settings:
 
 
 def _resolve_paths(settings: Settings, base_dir: Path) -> Settings:
+    host = socket.gethostname().replace("/", "_") or "localhost"  # ``{host}``: uno por máquina
     resolved: dict[str, Any] = {
-        spec.key: (base_dir / getattr(settings, spec.key)).resolve()
+        spec.key: (base_dir / str(getattr(settings, spec.key)).replace("{host}", host)).resolve()
         for spec in SCHEMA
         if spec.kind == "path"
     }

@@ -16,6 +16,7 @@ __all__ = [
     "KNOWN_SCHEMES",
     "LOG_LEVELS",
     "boolean",
+    "choice",
     "int_between",
     "listen",
     "log_level",
@@ -38,6 +39,17 @@ def int_between(low: int, high: int) -> Callable[[Any], int]:
         if not low <= value <= high:
             raise ValueError(f"expected an integer from {low} to {high}, got {value}")
         return value
+
+    return convert
+
+
+def choice(*allowed: str) -> Callable[[Any], str]:
+    """Una palabra de ``allowed`` (sin distinguir mayúsculas)."""
+
+    def convert(value: Any) -> str:
+        if not isinstance(value, str) or value.lower() not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {value!r}")
+        return value.lower()
 
     return convert
 

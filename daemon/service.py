@@ -23,12 +23,14 @@ from daemon.config import ConfigError, Settings, load_settings, restart_required
 from daemon.downloader_registry import DownloaderRegistry
 from daemon.downloaders.download_manager import DownloadManager, DownloadTask
 from daemon.events import get_logger, reopen_event_log, set_log_level
+from daemon.fleet import peer_sweep_loop, start_watching
 from daemon.intake import Intake
 from daemon.outcomes import Outcomes, iso_time
 from daemon.reaper import reap_staging, reap_temp_root
 from daemon.recovery import recover_orphaned_claims
 from daemon.spool import Spool
 from daemon.status import write_status
+from daemon.stop_notice import announce_stop
 from daemon.systemd import SystemdNotifier
 from daemon.temp_manager import TempManager
 from daemon.watcher import SpoolWatcher
@@ -82,15 +84,14 @@ class Daemon:
             self.registry.downloaders, s.output_dir, max_concurrent=s.max_concurrent, temp_root=s.temp_dir,
             progress_interval=s.download.progress_interval, on_outcome=self.outcomes.conclude,
             on_finished=self._task_finished, resolve_auto=self.registry.resolve_auto,
+            max_running_per_owner=s.max_running_per_submitter,
         )
         self.intake = Intake(lambda: self.settings, self.manager, self.outcomes, self.registry, self.live,
                              wake=self._scan_wanted.set)
         await self._start_metrics()
         recover_orphaned_claims(self.outcomes, self.intake.limits(), s.temp_dir)
         self._sweep_staging(max_age=0.0)
-        self.watcher = SpoolWatcher({"incoming": self.spool.incoming, "cancel": self.spool.cancel}, self._wake,
-                                    observe={"incoming": self.intake.arrivals.observe})
-        self.watcher.start()
+        self.watcher = start_watching(s, self.spool, self._wake, observe={"incoming": self.intake.arrivals.observe})
         workers = [
             self._spawn(self._scan_loop, "scan"),
             self._spawn(self._cancel_loop, "cancel"),
@@ -98,6 +99,7 @@ class Daemon:
             self._spawn(self._reaper_loop, "reaper"),
             self._spawn(self._health_loop, "health"),
             self._spawn(self._reload_loop, "reload"),
+            self._spawn(lambda: peer_sweep_loop(self, self.outcomes, self._stop, self._scan_wanted.set), "peer_sweep"),
         ]
         if self.notifier.watchdog_interval:
             interval = self.notifier.watchdog_interval
@@ -170,30 +172,8 @@ class Daemon:
         self._announce_stop(sig, second)
 
     def _announce_stop(self, sig: signal.Signals, second: bool) -> None:
-        """Dice en stderr (una terminal, el journal) y en un evento qué se espera y cuánto, y que una
-        segunda señal para al instante devolviendo los trabajos a incoming/."""
-        from daemon.config import shown_value
-
-        running = self.manager.running if self.manager else 0
-        queued = self.manager.queued if self.manager else 0
-        grace = self.settings.shutdown_grace
-        name = sig.name
-        if second:
-            text = (f"{name} again: stopping now; {running} running download(s) are interrupted and requeued "
-                    "(they resume on the next start)")
-        elif running and grace > 0:
-            text = (f"{name}: stopping; waiting up to {shown_value(self.settings, 'shutdown_grace')} "
-                    f"(shutdown_grace) for {running} running download(s) to finish, then they are requeued. "
-                    "Press Ctrl-C again (or send SIGTERM again) to stop now and requeue them")
-        elif running:
-            text = f"{name}: stopping now (shutdown_grace is 0); {running} running download(s) are requeued"
-        else:
-            text = f"{name}: stopping; nothing is running" + (f", {queued} queued job(s) go back to incoming/"
-                                                              if queued else "")
-        with contextlib.suppress(OSError, ValueError):
-            os.write(2, f"videonote-dl: {text}\n".encode())
-        _log.info("daemon.stop_requested", signal=name, running=running, queued=queued,
-                  grace_s=0.0 if second else grace, immediate=second)
+        m = self.manager
+        announce_stop(sig.name, second, m.running if m else 0, m.queued if m else 0, self.settings)
 
     # --- escaneo y reclamo ----------------------------------------------------------------
     def _wake(self, label: str) -> None:
@@ -206,6 +186,8 @@ class Daemon:
     def _woken(self, label: str) -> None:
         if self.watcher is not None:
             self.watcher.acknowledge(label)  # antes de escanear: lo que llegue ahora vuelve a avisar
+        if label != "cancel" and self.intake is not None:
+            self.intake.relist_wanted = True
         (self._cancel_wanted if label == "cancel" else self._scan_wanted).set()
 
     async def _scan_loop(self) -> None:
@@ -353,7 +335,7 @@ class Daemon:
         self.settings = replace(new, **kept)
         set_log_level(self.settings.log_level)
         if self.manager is not None:
-            self.manager.set_max_concurrent(self.settings.max_concurrent)
+            self.manager.set_max_concurrent(self.settings.max_concurrent, self.settings.max_running_per_submitter)
             self.manager.progress_interval = self.settings.download.progress_interval
         _log.info("config.reloaded", changed=sorted(live), restart_required=restart)
         self._status_dirty.set()

@@ -81,13 +81,17 @@ class Spool:
                 created = True
         if created:  # la disposición nueva sobrevive a un corte de luz
             fsync_dir(self.root)
-        self.claimed.mkdir(mode=0o700, exist_ok=True)
+        # La carpeta se bloquea antes de tener su nombre: un daemon que barre active/ (cada
+        # rescan_interval) nunca ve una carpeta nueva sin cerrojo y la toma por la de un muerto.
+        fresh = self.active / f".{self.instance}.new"
+        fresh.mkdir(mode=0o700, exist_ok=True)
+        self._lock = DirLock(fresh)
+        self._lock.acquire()
+        os.rename(fresh, self.claimed)
         # Durable antes del primer reclamo: si no, un corte de luz podría dejar durable el rename de
         # un reclamo (lo hace durable el fsync de incoming/ de cualquier productor) dentro de una
         # carpeta cuyo propio nombre se perdió, y el trabajo con ella.
         fsync_dir(self.active)
-        self._lock = DirLock(self.claimed)
-        self._lock.acquire()
         self._claimed_fd = os.open(self.claimed, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def close(self) -> None:
@@ -116,6 +120,9 @@ class Spool:
         for entry in entries:
             if entry.name == self.instance or not entry.is_dir(follow_symlinks=False):
                 continue
+            if entry.name.startswith("."):  # una carpeta aún sin nombre (ver prepare)
+                self._remove_abandoned(Path(entry.path))
+                continue
             lock = DirLock(Path(entry.path))
             try:
                 lock.acquire()
@@ -130,6 +137,21 @@ class Spool:
                     os.rmdir(entry.path)
             finally:
                 lock.release()
+
+    @staticmethod
+    def _remove_abandoned(path: Path) -> None:
+        """Una carpeta ``.<instancia>.new`` sin cerrojo y de hace más de un minuto es de un daemon que
+        murió al arrancar (vacía); una más joven puede ser de uno que arranca ahora mismo."""
+        lock = DirLock(path)
+        try:
+            if time.time() - os.stat(path, follow_symlinks=False).st_mtime < 60:
+                return
+            lock.acquire()
+            os.rmdir(path)
+        except OSError:
+            pass
+        finally:
+            lock.release()
 
     # --- incoming ------------------------------------------------------------------------
     def scan_incoming(self) -> list[IncomingEntry]:

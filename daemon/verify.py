@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,10 +85,12 @@ def verify_spool(
     expected: dict[str, str | None] | None = None,
     daemon_stopped: bool = True,
     check_events: bool = True,
+    event_logs: Sequence[Path] = (),
 ) -> VerifyReport:
     """Revisa el spool, la salida, los temporales y el registro de ``settings``.
 
     ``expected``: id -> sha256 esperado (o None si se espera un fallo o no importa el contenido).
+    ``event_logs``: los registros de todos los daemons del spool (uno por host); por defecto, el suyo.
     """
     report = VerifyReport()
     spool = settings.spool_dir
@@ -118,7 +121,8 @@ def verify_spool(
             if leftovers:
                 report.problems.append(f"{folder}/ is not empty: {leftovers[:5]}")
     if check_events:
-        report.problems.extend(check_event_sequences(settings.event_log, report, final=daemon_stopped,
+        report.problems.extend(check_event_sequences(list(event_logs) or settings.event_log, report,
+                                                     final=daemon_stopped,
                                                      finished=set(done) | set(failed)))
     return report
 
@@ -162,39 +166,57 @@ def _check_output(output: Path, referenced: set[Path], report: VerifyReport) -> 
 
 
 def check_event_sequences(
-    event_log: Path, report: VerifyReport | None = None, final: bool = True, finished: set[str] | None = None
+    event_log: Path | Sequence[Path], report: VerifyReport | None = None, final: bool = True,
+    finished: set[str] | None = None,
 ) -> list[str]:
-    """Cada línea es JSON y los eventos ``job.*`` de cada trabajo siguen el ciclo de vida."""
+    """Cada línea es JSON y los eventos ``job.*`` de cada trabajo siguen el ciclo de vida.
+
+    Con varios registros (un daemon por host sobre un spool compartido) se mezclan por ``ts``; un
+    ``daemon.starting`` deja "crashed" los trabajos a medias de su propio registro, y un
+    ``spool.peer_recovered`` los de la instancia muerta que nombra.
+    """
     problems: list[str] = []
     states: dict[str, str] = defaultdict(lambda: "none")
-    logs = [*sorted(event_log.parent.glob(event_log.name + ".*"), reverse=True), event_log]
+    owner: dict[str, tuple[int, str]] = {}  # trabajo -> (registro, instancia) del último evento
+    merged: list[tuple[str, int, Path, int, dict[str, Any]]] = []
+    bases = [event_log] if isinstance(event_log, Path) else list(event_log)
     count = 0
-    for log in logs:
-        if not log.is_file():
-            continue
-        for number, line in enumerate(log.read_bytes().splitlines(), 1):
-            count += 1
-            try:
-                event: dict[str, Any] = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                problems.append(f"{log}:{number}: not JSON: {line[:80]!r}")
+    for index, base in enumerate(bases):
+        for log in [*sorted(base.parent.glob(base.name + ".*"), reverse=True), base]:
+            if not log.is_file():
                 continue
-            name = str(event.get("event", ""))
+            for number, line in enumerate(log.read_bytes().splitlines(), 1):
+                count += 1
+                try:
+                    event: dict[str, Any] = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    problems.append(f"{log}:{number}: not JSON: {line[:80]!r}")
+                    continue
+                merged.append((str(event.get("ts", "")) if len(bases) > 1 else "", index, log, number, event))
+    merged.sort(key=lambda item: item[0])  # estable: con un solo registro, el orden del archivo
+    instance: dict[int, str] = {}
+    for _ts, index, log, number, event in merged:
+        name = str(event.get("event", ""))
+        if name in ("daemon.starting", "spool.peer_recovered"):
             if name == "daemon.starting":
-                for job_id, state in states.items():
-                    if state != "terminal":
-                        states[job_id] = "crashed"
-                continue
-            raw_id = event.get("correlation_id")
-            if not name.startswith("job.") or raw_id is None or name in _IGNORED:
-                continue
-            job_id = str(raw_id)
-            state = states[job_id]
-            nxt = _TRANSITIONS.get(state, {}).get(name)
-            if nxt is None:
-                problems.append(f"{log}:{number}: job {job_id}: {name} is not valid after state {state}")
-                continue
-            states[job_id] = nxt
+                instance[index] = str(event.get("instance", ""))
+            for job_id, state in states.items():
+                mine = owner.get(job_id, (index, ""))[0] == index if name == "daemon.starting" else (
+                    owner.get(job_id, (-1, ""))[1] == str(event.get("instance")))
+                if state != "terminal" and mine:
+                    states[job_id] = "crashed"
+            continue
+        raw_id = event.get("correlation_id")
+        if not name.startswith("job.") or raw_id is None or name in _IGNORED:
+            continue
+        job_id = str(raw_id)
+        owner[job_id] = (index, instance.get(index, ""))
+        state = states[job_id]
+        nxt = _TRANSITIONS.get(state, {}).get(name)
+        if nxt is None:
+            problems.append(f"{log}:{number}: job {job_id}: {name} is not valid after state {state}")
+            continue
+        states[job_id] = nxt
     if report is not None:
         report.events = count
     if final:

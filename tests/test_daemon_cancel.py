@@ -53,7 +53,7 @@ def test_cancel_queued_and_running_jobs_both_ways(tmp_path: Path, test_server: T
     for job_id in ("queued-file", "queued-cli", "after"):
         test_server.add(f"/{job_id}.bin", Behavior(data=job_id.encode() * 100))
     try:
-        with DaemonProcess(tmp_path, max_concurrent=1) as daemon:
+        with DaemonProcess(tmp_path, max_concurrent=1, lookahead=4) as daemon:
             daemon.drop_job({"id": "run-file", "url": test_server.url("/run-file.bin"), "priority": 10})
             wait_until(lambda: (daemon.temp_root / "videonote_dl_run-file" / "download.part").exists(), 30,
                        what="run-file receiving its body")

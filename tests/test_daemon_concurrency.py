@@ -6,8 +6,11 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.support.daemon_proc import DaemonProcess, wait_until
 from tests.support.http_server import Behavior, TestServer
@@ -79,21 +82,28 @@ def test_200_jobs_at_once_respect_max_concurrent(tmp_path: Path, test_server: Te
     assert sum(1 for e in events if e["event"] == "job.succeeded") == count
 
 
-def test_higher_priority_dropped_later_starts_first(tmp_path: Path, test_server: TestServer) -> None:
+@pytest.mark.parametrize("lookahead", [0, 3])
+def test_higher_priority_dropped_later_starts_first(tmp_path: Path, test_server: TestServer, lookahead: int) -> None:
+    """Con ``lookahead: 0`` esperan en incoming/ (se reclaman por prioridad); con 3, en la cola."""
     release = threading.Event()
     first = os.urandom(256 * 1024)
     test_server.add("/prio/first.bin", Behavior(data=first, hold=release, hold_after=64 * 1024))
     for name in ("low-1", "low-2", "high"):
         test_server.add(f"/prio/{name}.bin", Behavior(data=name.encode() * 1000))
     try:
-        with DaemonProcess(tmp_path, max_concurrent=1) as daemon:
+        with DaemonProcess(tmp_path, max_concurrent=1, lookahead=lookahead) as daemon:
             daemon.drop_job({"id": "first", "url": test_server.url("/prio/first.bin")})
             wait_until(lambda: daemon.events("first", "job.started"), 30, what="first job started")
             # Llegan en este orden mientras «first» ocupa el único hueco.
             for job_id, priority in (("low-1", 0), ("low-2", 0), ("high", 5)):
                 daemon.drop_job({"id": job_id, "url": test_server.url(f"/prio/{job_id}.bin"), "priority": priority})
-                wait_until(lambda job_id=job_id: daemon.events(job_id, "job.queued"), 30,
-                           what=f"{job_id} queued")
+                if lookahead:
+                    wait_until(lambda job_id=job_id: daemon.events(job_id, "job.queued"), 30,
+                               what=f"{job_id} queued")
+            if not lookahead:
+                time.sleep(1.5)  # más que rescan_interval: un escaneo pasó y no reclamó nada
+                assert sorted(p.name for p in (daemon.spool / "incoming").iterdir()) == [
+                    "high.yaml", "low-1.yaml", "low-2.yaml"]
             assert daemon.record("first") is None, "the first job must still be running here"
             assert not daemon.events("high", "job.started")
             release.set()

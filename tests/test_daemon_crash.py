@@ -131,7 +131,7 @@ def test_sigterm_with_short_grace_requeues_and_keeps_temp_dir(tmp_path: Path, te
     url = test_server.add("/slow.bin", behavior)
     waiting = os.urandom(10_000)
     test_server.add("/waiting.bin", Behavior(data=waiting))
-    daemon = DaemonProcess(tmp_path, shutdown_grace="300ms", max_concurrent=1)
+    daemon = DaemonProcess(tmp_path, shutdown_grace="300ms", max_concurrent=1, lookahead=4)
     daemon.start()
     try:
         daemon.drop_job({"id": "slow", "url": url})

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import heapq
 import itertools
 import time
 from collections.abc import Awaitable, Callable
@@ -41,6 +40,7 @@ from daemon.downloaders.base import (
 )
 from daemon.downloaders.download_lifecycle import DownloadLifecycle, LifecycleState, safe_filename_in
 from daemon.downloaders.download_task import CancelResult, DownloadTask, RetryPolicy, TaskState
+from daemon.downloaders.fair_queue import FairQueue
 from daemon.downloaders.job_finish import Finisher
 from daemon.downloaders.ytdlp.result import folder_result
 from daemon.events import bind_correlation_id, get_logger
@@ -81,6 +81,7 @@ class DownloadManager:
         on_finished: Hook | None = None,
         fsync: bool = True,
         resolve_auto: Callable[[DownloadOptions], Awaitable[str]] | None = None,
+        max_running_per_owner: int = 0,
     ) -> None:
         self.downloaders = downloaders
         self.output_root = output_root
@@ -93,7 +94,7 @@ class DownloadManager:
         self.finisher = Finisher(output_root, fsync, on_outcome)
         self.resolve_auto = resolve_auto
         self.tasks: dict[str, DownloadTask] = {}
-        self._heap: list[tuple[int, int, DownloadTask]] = []
+        self._heap: FairQueue[DownloadTask] = FairQueue(max_running_per_owner)  # turnos por remitente
         self._running: set[DownloadTask] = set()
         self._seq = itertools.count()
         self._idle = asyncio.Event()
@@ -108,6 +109,11 @@ class DownloadManager:
     @property
     def queued(self) -> int:
         return len(self._heap)
+
+    @property
+    def queued_ready(self) -> int:
+        """En cola y listas para un hueco libre (su remitente no está en ``max_running_per_owner``)."""
+        return self._heap.ready_count()
 
     def submit(
         self,
@@ -131,7 +137,7 @@ class DownloadManager:
             retry=retry or RetryPolicy(), output_subdir=output_subdir, owner=owner,
         )
         self.tasks[correlation_id] = task
-        heapq.heappush(self._heap, (-priority, task.seq, task))
+        self._heap.push(task)
         self._idle.clear()
         _log.info("job.queued", correlation_id=correlation_id, priority=priority, downloader=downloader,
                   queued=len(self._heap), running=len(self._running))
@@ -152,8 +158,7 @@ class DownloadManager:
                          reason="the download is complete and is being published; it will end as succeeded")
             return CancelResult.TOO_LATE
         if task.task is None:  # aún en cola
-            self._heap = [entry for entry in self._heap if entry[2] is not task]
-            heapq.heapify(self._heap)
+            self._heap.remove(task)
             task.state = TaskState.CANCELLED
             task.finished_at = time.time()
             # El mismo error que una cancelación en curso: el registro terminal dice el motivo.
@@ -176,9 +181,11 @@ class DownloadManager:
         except ValueError:
             return None
 
-    def set_max_concurrent(self, value: int) -> None:
-        """Cambia el límite en caliente (SIGHUP)."""
+    def set_max_concurrent(self, value: int, max_running_per_owner: int | None = None) -> None:
+        """Cambia los límites en caliente (SIGHUP)."""
         self.max_concurrent = value
+        if max_running_per_owner is not None:
+            self._heap.max_running_per_owner = max_running_per_owner
         self._dispatch()
 
     async def wait_idle(self) -> None:
@@ -195,8 +202,7 @@ class DownloadManager:
         ``interrupted``), y espera a que terminen los que sí lo pasaron. Devuelve las tareas que
         seguían en cola, sin empezar."""
         self._stopping = True
-        pending = [entry[2] for entry in sorted(self._heap, key=lambda e: (e[0], e[1]))]
-        self._heap.clear()
+        pending = self._heap.drain()
         for task in pending:
             self.tasks.pop(task.correlation_id, None)
         deadline = time.monotonic() + grace
@@ -225,7 +231,9 @@ class DownloadManager:
     # --- planificación --------------------------------------------------------------------
     def _dispatch(self) -> None:
         while self._heap and len(self._running) < self.max_concurrent and not self._stopping:
-            _, _, task = heapq.heappop(self._heap)
+            task = self._heap.pop_ready()
+            if task is None:
+                return  # lo que espera es de remitentes en su tope
             self._running.add(task)
             task.state = TaskState.RUNNING
             task.started_at = time.time()
@@ -233,7 +241,9 @@ class DownloadManager:
 
     def _settle(self, task: DownloadTask) -> None:
         """Fin de una tarea: su desenlace a ``on_outcome`` (si aún no lo tuvo) y la contabilidad."""
-        self._running.discard(task)
+        if task in self._running:
+            self._running.discard(task)
+            self._heap.finished(task)
         self.tasks.pop(task.correlation_id, None)
         if not task.concluded:
             self._conclude(task)

@@ -247,7 +247,8 @@ def _wait(predicate: Callable[[], Any], timeout: float, what: str, interval: flo
 class Container:
     """Un systemd 252 arrancado con systemd-nspawn; usar como gestor de contexto.
 
-    ``binds``: pares (ruta del anfitrión, ruta en el contenedor) montados en solo lectura.
+    ``binds``: pares (ruta del anfitrión, ruta en el contenedor) montados en solo lectura;
+    ``rw_binds``, en lectura y escritura (un spool compartido entre contenedores, por ejemplo).
 
     Con /etc vacío, el primer arranque aplicaría los presets de Debian ("enable *") a todo lo
     instalado en /usr (nginx, postgresql, systemd-networkd-wait-online, que espera 2 minutos a
@@ -255,8 +256,10 @@ class Container:
     sistema mínimo: journald, dbus y logind, que son estáticos.
     """
 
-    def __init__(self, binds: Sequence[tuple[Path, str]] = (), name_prefix: str = "vdltest") -> None:
+    def __init__(self, binds: Sequence[tuple[Path, str]] = (), name_prefix: str = "vdltest",
+                 rw_binds: Sequence[tuple[Path, str]] = ()) -> None:
         self.binds = list(binds)
+        self.rw_binds = list(rw_binds)
         self.name = f"{name_prefix}{os.getpid()}{time.monotonic_ns() % 100000}"
         self.cgroups = _cgroup_hierarchies(self.name)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -300,6 +303,7 @@ class Container:
             "systemd-nspawn", "-q", "-D", "/", "--volatile=yes", "--private-network",
             "--register=no", "--keep-unit", "-M", self.name,
             *(f"--bind-ro={host}:{inside}" for host, inside in self.binds),
+            *(f"--bind={host}:{inside}" for host, inside in self.rw_binds),
             "--console=read-only", "--boot", "systemd.firstboot=off",
         ]
         self.proc = subprocess.Popen(
@@ -341,6 +345,15 @@ class Container:
                     with contextlib.suppress(OSError):
                         os.rmdir(dirpath)
         self._preset_dir.cleanup()
+
+    def kill(self) -> None:
+        """Mata el contenedor de golpe (SIGKILL a su PID 1: el núcleo mata todo su espacio de PID),
+        como un host que se apaga sin avisar."""
+        if self.init_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.init_pid, signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(timeout=30)
 
     def gone(self) -> list[str]:
         """Lo que queda del contenedor (vacío si no queda nada): procesos y cgroups."""
