@@ -49,7 +49,7 @@ def find_ffmpeg(configured: str = "auto") -> tuple[str | None, str]:
     if found:
         return found, "PATH"
     try:
-        import imageio_ffmpeg  # type: ignore[import-untyped]
+        import imageio_ffmpeg
 
         exe = str(imageio_ffmpeg.get_ffmpeg_exe())
     except Exception:  # sin la rueda o sin binario para esta plataforma
@@ -66,7 +66,7 @@ def find_deno() -> tuple[str | None, str]:
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside), "deno wheel"
     try:
-        import deno  # type: ignore[import-untyped]
+        import deno
 
         wheel = str(deno.find_deno_bin())
     except Exception:
