@@ -1,0 +1,211 @@
+"""La tabla de ``_VALID_URL`` de yt-dlp, hecha en un proceso hijo e indexada por 4-gramas.
+
+Importar los extractores de yt-dlp cuesta ~19 MiB de RSS que un proceso de larga vida no
+devuelve nunca. Para ``downloader: auto`` el daemon sólo necesita sus ``_VALID_URL``: un proceso
+hijo (``python -m daemon.downloaders.ytdlp.extractor_table``) importa yt-dlp, vuelca en JSON los
+patrones en el orden de yt-dlp con su índice (abajo) y termina; el daemon guarda las cadenas y
+compila sólo las que llega a probar.
+
+Índice: de cada patrón se saca un conjunto de literales de los que toda coincidencia contiene
+al menos uno (rachas de ``LITERAL`` del árbol de ``re._parser``, con los grupos en línea; una
+alternativa aporta la unión de lo que exige cada rama; una repetición de mínimo >= 1, lo que exige
+su cuerpo) y de cada literal su 4-grama menos frecuente en la tabla. Si un patrón coincide con la
+URL, uno de sus literales está en la URL y con él su 4-grama: basta probar los patrones con algún
+4-grama en la URL (en minúsculas, lo que sólo ensancha el filtro) y los que no tienen literal útil.
+Es exacto para URL ASCII; una URL con otros caracteres (IGNORECASE de Unicode: ``ſ``, ``ı``…) se
+prueba contra todos.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ExtractorTable", "default_suitable", "dump_table", "load_table_from_child"]
+
+GRAM = 4
+_CHILD_TIMEOUT_S = 120.0
+
+
+@dataclass(slots=True)
+class _Entry:
+    """Un ``_VALID_URL`` de un extractor: clave, fuente y banderas; compilado al primer uso."""
+
+    key: str
+    source: str
+    flags: int
+    compiled: re.Pattern[str] | None = None
+
+    def match(self, url: str) -> bool:
+        if self.compiled is None:
+            self.compiled = re.compile(self.source, self.flags)
+        return self.compiled.match(url) is not None
+
+
+@dataclass(slots=True)
+class ExtractorTable:
+    """Los patrones en orden de yt-dlp, con su índice de 4-gramas (ver el docstring del módulo)."""
+
+    version: str
+    entries: list[_Entry]
+    by_gram: dict[str, list[int]] = field(default_factory=dict)
+    unindexed: list[int] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, version: str, rows: list[tuple[str, str, int]]) -> ExtractorTable:
+        entries = [_Entry(key, source, flags) for key, source, flags in rows]
+        needs = [_needs(e.source, e.flags) for e in entries]
+        counts: Counter[str] = Counter(g for ns in needs for n in ns for s in n for g in set(_grams(s)))
+
+        def rarest(text: str) -> str:
+            return min(_grams(text), key=counts.__getitem__)
+
+        table = cls(version, entries)
+        for i, ns in enumerate(needs):
+            if not ns:
+                table.unindexed.append(i)
+                continue
+            # La exigencia más selectiva: la menor suma de frecuencias de los 4-gramas elegidos.
+            need = min(ns, key=lambda n: sum(counts[rarest(s)] for s in n))
+            for text in need:
+                table.by_gram.setdefault(rarest(text), []).append(i)
+        return table
+
+    def candidates(self, url: str) -> list[int]:
+        """Índices (en orden de yt-dlp) de los únicos patrones que pueden coincidir con ``url``."""
+        if not url.isascii():
+            return list(range(len(self.entries)))
+        found = set(self.unindexed)
+        for gram in set(_grams(url.lower())):
+            hit = self.by_gram.get(gram)
+            if hit:
+                found.update(hit)
+        return sorted(found)
+
+    def first_claim(self, url: str) -> str | None:
+        """Clave del primer extractor (en orden de yt-dlp) cuyo ``_VALID_URL`` coincide, o None."""
+        for i in self.candidates(url):
+            entry = self.entries[i]
+            try:
+                if entry.match(url):
+                    return entry.key
+            except re.error:
+                continue
+        return None
+
+
+def _grams(text: str) -> list[str]:
+    return [text[i:i + GRAM] for i in range(len(text) - GRAM + 1)]
+
+
+_Need = frozenset[str]  # toda coincidencia contiene al menos una de estas cadenas
+
+
+def _needs(source: str, flags: int) -> list[_Need]:
+    """Conjuntos de literales (en minúsculas) que toda coincidencia de ``source`` contiene: de cada
+    uno, al menos una cadena. Vacío si el árbol no se puede leer (el patrón queda sin índice)."""
+    try:
+        from re import _parser  # type: ignore[attr-defined]
+
+        return _seq_needs(_parser, list(_parser.parse(source, flags)))
+    except Exception:
+        return []
+
+
+def _seq_needs(sp: Any, items: list[tuple[Any, Any]]) -> list[_Need]:
+    """Una secuencia: rachas de ``LITERAL`` ASCII (los grupos se recorren en línea), más lo que
+    exigen sus alternativas (si toda rama exige algo) y sus repeticiones de mínimo >= 1."""
+    found: list[_Need] = []
+    run: list[str] = []
+
+    def cut() -> None:
+        if len(run) >= GRAM:
+            found.append(frozenset(["".join(run).lower()]))
+        run.clear()
+
+    def walk(seq: list[tuple[Any, Any]]) -> None:
+        for op, arg in seq:
+            if op is sp.LITERAL and arg < 128:
+                run.append(chr(arg))
+            elif op is sp.SUBPATTERN:
+                walk(list(arg[-1]))  # (grupo, banderas añadidas, quitadas, secuencia): en línea
+            else:
+                cut()
+                if op is sp.BRANCH:
+                    branch = [_best(_seq_needs(sp, list(alt))) for alt in arg[1]]
+                    if all(branch):
+                        found.append(frozenset().union(*branch))  # type: ignore[arg-type]
+                elif op in (sp.MAX_REPEAT, sp.MIN_REPEAT, getattr(sp, "POSSESSIVE_REPEAT", sp.MAX_REPEAT)) \
+                        and arg[0] >= 1:
+                    found.extend(_seq_needs(sp, list(arg[2])))
+    walk(items)
+    cut()
+    return found
+
+
+def _best(needs: list[_Need]) -> _Need | None:
+    """Sin frecuencias: la exigencia con menos cadenas y, a igualdad, la más corta más larga."""
+    return min(needs, key=lambda n: (len(n), -min(map(len, n))), default=None)
+
+
+# --- el proceso hijo ----------------------------------------------------------------------------
+def default_suitable(klass: type) -> bool:
+    """True si ``suitable`` y ``_match_valid_url`` son los de la clase base de yt-dlp."""
+    for name in ("suitable", "_match_valid_url"):
+        owner = next((k for k in klass.__mro__ if name in k.__dict__), None)
+        if owner is None or owner.__name__ not in ("InfoExtractor", "LazyLoadExtractor"):
+            return False
+    return True
+
+
+def dump_table() -> dict[str, Any]:
+    """En el hijo: importa yt-dlp y devuelve sus patrones (sin el genérico ni los desactivados).
+
+    ``custom``: claves de clases que redefinen ``suitable`` o ``_match_valid_url`` (su patrón sigue
+    valiendo como filtro: sólo estrechan en favor de otro extractor no genérico); ``always``: las
+    que no tienen ``_VALID_URL`` (hay que llamar a su ``suitable``: el daemon no puede sin yt-dlp)."""
+    import yt_dlp.version  # type: ignore[import-untyped]
+    from yt_dlp.extractor import gen_extractor_classes  # type: ignore[import-untyped]
+
+    rows: list[tuple[str, str, int]] = []
+    always: list[str] = []
+    for klass in gen_extractor_classes():
+        key = klass.ie_key()
+        if key == "Generic" or not getattr(klass, "_ENABLED", True):
+            continue
+        if not klass._VALID_URL:
+            if not default_suitable(klass):
+                always.append(key)  # sin patrón, con su propio suitable(): hay que llamarlo
+            continue  # sin patrón ni suitable propio: nunca reclama una URL (sólo incrustados)
+        klass._match_valid_url("")  # compila _VALID_URL_RE en la clase
+        for pattern in klass.__dict__.get("_VALID_URL_RE") or ():
+            rows.append((key, pattern.pattern, pattern.flags))
+    table = ExtractorTable.build(yt_dlp.version.__version__, rows)
+    return {"version": table.version, "rows": rows, "always": always, "by_gram": table.by_gram,
+            "unindexed": table.unindexed}
+
+
+def load_table_from_child() -> ExtractorTable:
+    """Lanza el hijo, lee su JSON y construye la tabla. ``RuntimeError`` si no se puede usar
+    (el hijo falla, o yt-dlp tiene extractores sin ``_VALID_URL``): el llamador carga en proceso."""
+    proc = subprocess.run([sys.executable, "-m", __name__], capture_output=True, timeout=_CHILD_TIMEOUT_S,
+                          stdin=subprocess.DEVNULL, check=False)
+    if proc.returncode != 0:
+        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        raise RuntimeError(f"extractor table child exited {proc.returncode}: {' '.join(tail)}")
+    data = json.loads(proc.stdout)
+    if data["always"]:
+        raise RuntimeError(f"extractors without _VALID_URL need yt-dlp in process: {data['always'][:3]}")
+    entries = [_Entry(str(k), str(s), int(f)) for k, s, f in data["rows"]]
+    return ExtractorTable(str(data["version"]), entries, {str(g): [int(i) for i in hits] for g, hits in
+                                                          data["by_gram"].items()},
+                          [int(i) for i in data["unindexed"]])
+
+
+if __name__ == "__main__":
+    sys.stdout.write(json.dumps(dump_table()))
