@@ -87,7 +87,9 @@ def _daemon_idle_and_big(ctx: BenchContext, base: Path, rnd: int, url: str, sha:
 
 
 def _queued(base: Path, rnd: int, stall: StallServer, n: int, small: str) -> Measurement:
-    daemon = BenchDaemon(base / f"q{rnd}", f"s5q-{rnd}", max_concurrent=1, max_queued=max(20000, n))
+    # Con el reclamo acotado (issue F) hace falta ``lookahead`` para tener n trabajos en memoria.
+    daemon = BenchDaemon(base / f"q{rnd}", f"s5q-{rnd}", max_concurrent=1, max_queued=max(20000, n),
+                         lookahead=min(n, 10000))
     daemon.start()
     try:
         time.sleep(SETTLE)
