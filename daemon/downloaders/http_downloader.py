@@ -274,29 +274,38 @@ class HttpDownloader:
         writer = self._executor if small else ThreadPoolExecutor(max_workers=1, thread_name_prefix="http-writer")
         # Sin nada que rehashear, abrir el archivo es barato: se hace aquí, sin saltar de hilo.
         sink = Sink(part, 0) if offset == 0 else await loop.run_in_executor(writer, Sink, part, offset)
+        # El nombre publicado lo decide ``filename``; en el directorio aislado no puede pisar los internos.
+        final = part.with_name(_DONE_NAME if filename in (PART_NAME, META_NAME) else filename)
         try:
             tail = await self._stream(response, sink, options, total, progress, loop, writer)
-            # Un solo salto al hilo de escritura para la cola del cuerpo y el fsync.
-            await loop.run_in_executor(writer, sink.write_and_finish, tail, self.fsync)
+            # Un solo salto al hilo de escritura: cola del cuerpo, fsync, nombre final y fsync de la carpeta.
+            complete = await loop.run_in_executor(writer, self._finish_body, sink, tail, part, final, total)
         except OSError as exc:
             raise StorageError(f"cannot write the download: {exc.strerror}", errno=exc.errno) from None
         finally:
             sink.close()
             if writer is not self._executor:
                 writer.shutdown(wait=False)
-        if total is not None and sink.size != total:
+        if not complete:
             raise IncompleteBody(f"the server sent {sink.size} of {total} bytes", received=sink.size)
-        # El nombre publicado lo decide ``filename``; en el directorio aislado no puede pisar los internos.
-        final = part.with_name(_DONE_NAME if filename in (PART_NAME, META_NAME) else filename)
-        os.replace(part, final)
-        if self.fsync:  # el nombre final, durable antes de publicar: la recuperación lo busca por inodo
-            await loop.run_in_executor(None, fsync_dir, final.parent)
         meta_path.unlink(missing_ok=True)
         return DownloadResult(
             path=final, filename=filename, size=sink.size, sha256=sink.hasher.hexdigest(),
             final_url=redact(str(response.url)),
             resumed=resumed,
         )
+
+    def _finish_body(self, sink: Sink, tail: list[bytes], part: Path, final: Path, total: int | None) -> bool:
+        """En el hilo de escritura: la cola del cuerpo y su fsync; si está completo, el nombre final
+        y el fsync de la carpeta (durable antes de publicar: la recuperación lo busca por inodo).
+        False si el cuerpo quedó corto (no se renombra)."""
+        sink.write_and_finish(tail, self.fsync)
+        if total is not None and sink.size != total:
+            return False
+        os.replace(part, final)
+        if self.fsync:
+            fsync_dir(final.parent)
+        return True
 
     async def _stream(
         self,
