@@ -110,7 +110,7 @@ class _Probe:
 
 def _burst(ctx: BenchContext, base: Path, stall: StallServer, n: int, rnd: int) -> Measurement:
     # Con el reclamo acotado (issue F) sólo ``lookahead`` deja reclamar la ráfaga entera: aquí se mide
-    # el camino de reclamo con el máximo; la ráfaga con el valor por defecto está en el escenario 8.
+    # el camino de reclamo con el máximo; la ráfaga con el valor por defecto está en el escenario 9.
     daemon = BenchDaemon(base / f"burst-{rnd}", f"s3b{rnd}", max_concurrent=4, max_queued=max(20000, n),
                          lookahead=min(n, 10000))
     daemon.start(profile=f"s3-burst{rnd}" if ctx.profile else None)
@@ -170,7 +170,7 @@ def run(ctx: BenchContext) -> ScenarioResult:
         "before rename() to the `ts` of `job.started` (same clock). Paired reference: a bare watchdog observer "
         f"in its own process (the floor). b) burst of {burst_n:,} job files written to spool/tmp/ and renamed "
         "into incoming/ as fast as possible (`lookahead: 10000`, so that the daemon claims them all; the burst "
-        "with the default lookahead, downloading, is scenario 8); their URLs point at a port that never answers "
+        "with the default lookahead, downloading, is scenario 9); their URLs point at a port that never answers "
         "so only the pickup is measured: every id must get its `job.received` and incoming/ must end empty.",
         runs=rounds, duration_s=time.time() - started,
     )

@@ -1,4 +1,4 @@
-"""Escenario 8: ráfagas de trabajos pequeños, con un daemon y con tres sobre el mismo spool.
+"""Escenario 9: ráfagas de trabajos pequeños, con un daemon y con tres sobre el mismo spool.
 
 Con el reclamo acotado (``lookahead``, issue F) "tiempo hasta el último ``job.received``" ya no
 mide lo que medía: un daemon sólo reclama sus huecos libres más ``lookahead``. Aquí se mide lo que
@@ -48,7 +48,7 @@ class _Fleet:
                                                             self.spool / "done", self.output)
             self.daemons.append(d)
         for n, d in enumerate(self.daemons):
-            d.start(profile=f"s8-{label}-{n}" if profile else None)
+            d.start(profile=f"s9-{label}-{n}" if profile else None)
 
     def warm_up(self, urls: list[str]) -> None:
         """Rondas de calentamiento hasta que cada daemon haya hecho algún trabajo: el primero de
@@ -116,12 +116,12 @@ class _Fleet:
 
 
 def run(ctx: BenchContext) -> ScenarioResult:
-    """Mide el escenario 8 y devuelve su resultado."""
+    """Mide el escenario 9 y devuelve su resultado."""
     burst_n = 500 if ctx.smoke else 10000
     small_n = 50 if ctx.smoke else 1000
     rounds = ctx.rounds(5)
     urls = ctx.small_files(burst_n, FILE_SIZE)
-    base = ctx.scratch("s8")
+    base = ctx.scratch("s9")
     one = _Fleet(base / "one", "one", 1, ctx.profile)
     three = _Fleet(base / "three", "three", 3, ctx.profile)
     one.warm_up(urls)
@@ -138,7 +138,7 @@ def run(ctx: BenchContext) -> ScenarioResult:
         one.stop()
         three.stop()
     result = ScenarioResult(
-        8, "bursts of small jobs, 1 and 3 daemons on one spool",
+        9, "bursts of small jobs, 1 and 3 daemons on one spool",
         f"{burst_n:,} distinct 16 KiB files (nginx, tmpfs) as {burst_n:,} job files written to spool/tmp/ and "
         "renamed into incoming/ at once, to one daemon and to three daemons sharing the spool and the output "
         f"(each max_concurrent {MAX_CONCURRENT}, default lookahead, own event log and temp dir); and "
