@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from daemon.downloaders.http_session import new_session
-from daemon.downloaders.netguard import tls_context
+from daemon.downloaders.netguard import session_tls
 
 __all__ = ["MANIFEST_CONTENT_TYPES", "MANIFEST_SUFFIXES", "manifest_by_suffix", "probe_content_type",
            "telling_suffix"]
@@ -62,7 +62,7 @@ def telling_suffix(url: str) -> bool:
 async def probe_content_type(url: str, allow_private: bool, allowed_networks: tuple[str, ...] = (),
                              timeout: float = _PROBE_TIMEOUT) -> str | None:
     """El ``Content-Type`` (sin parámetros, en minúsculas) de un GET a ``url``, o None si no se supo."""
-    session = new_session("videonote-dl/0.1", tls_context(None), allow_private, allowed_networks)
+    session = new_session("videonote-dl/0.1", session_tls(None), allow_private, allowed_networks)
     try:
         async with asyncio.timeout(timeout), session.get(url, allow_redirects=True, max_redirects=10) as response:
             if response.status >= 400:

@@ -73,7 +73,7 @@ from daemon.downloaders.http_resume import (
 )
 from daemon.downloaders.http_session import new_session
 from daemon.downloaders.http_sink import WRITE_BATCH, Sink
-from daemon.downloaders.netguard import tls_context
+from daemon.downloaders.netguard import session_tls
 from daemon.durable import fsync_dir
 from daemon.events import redact
 from daemon.faultpoints import crash_point
@@ -100,7 +100,7 @@ class HttpDownloader:
                  ca_bundle: Path | None = None) -> None:
         self.fsync = fsync
         self.user_agent = user_agent
-        self._ssl = tls_context(ca_bundle)
+        self._ssl = session_tls(ca_bundle)
         self._sessions: dict[tuple[bool, tuple[str, ...]], aiohttp.ClientSession] = {}
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="http-sink")
 

@@ -40,7 +40,7 @@ class GuardedConnector(aiohttp.TCPConnector):
         return allowed
 
 
-def new_session(user_agent: str, tls: ssl.SSLContext, allow_private: bool,
+def new_session(user_agent: str, tls: ssl.SSLContext | bool, allow_private: bool,
                 allowed_networks: tuple[str, ...] = ()) -> aiohttp.ClientSession:
     """Una sesión para muchas descargas: sin descompresión, sin cookies compartidas, con la guarda."""
     common: dict[str, Any] = {"limit": 0, "ttl_dns_cache": 60, "enable_cleanup_closed": False, "ssl": tls}

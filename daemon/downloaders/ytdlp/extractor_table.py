@@ -18,6 +18,7 @@ prueba contra todos.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -25,6 +26,8 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 __all__ = ["ExtractorTable", "default_suitable", "dump_table", "load_table_from_child"]
 
@@ -39,9 +42,29 @@ class _Entry:
     key: str
     source: str
     flags: int
+    # Todas sus exigencias (ver ``_needs``), cada una con sus cadenas unidas por "\n": un objeto
+    # por exigencia y no uno por cadena (PeerTube tiene ~1.300), que es lo que pesa en memoria.
+    needs: list[str] = field(default_factory=list)
     compiled: re.Pattern[str] | None = None
+    # Por exigencia, el primer 4-grama de cada cadena: sin ninguno en la URL, ninguna de sus
+    # cadenas está en ella (un ``isdisjoint`` en C). Se calcula sólo para los candidatos.
+    need_grams: list[frozenset[str]] | None = None
 
-    def match(self, url: str) -> bool:
+    def match(self, url: str, lowered: str, grams: set[str]) -> bool:
+        """Primero las exigencias (4-gramas, luego subcadenas; sin compilar nada); sólo si se
+        cumplen, el patrón. Así los patrones enormes (PeerTube: 65 KB, ~2 MiB compilado) casi nunca
+        se compilan ni cuestan más que unas búsquedas en conjuntos."""
+        if self.need_grams is None:
+            self.need_grams = [frozenset(text[:GRAM] for text in need.split("\n")) for need in self.needs]
+        for need, first_grams in zip(self.needs, self.need_grams, strict=True):
+            if first_grams.isdisjoint(grams) or not any(text in lowered for text in need.split("\n")):
+                return False
+        if self.compiled is None:
+            self.compiled = re.compile(self.source, self.flags)
+        return self.compiled.match(url) is not None
+
+    def match_all(self, url: str) -> bool:
+        """Sin exigencias (una URL no ASCII: el IGNORECASE de Unicode escapa a las minúsculas)."""
         if self.compiled is None:
             self.compiled = re.compile(self.source, self.flags)
         return self.compiled.match(url) is not None
@@ -53,13 +76,15 @@ class ExtractorTable:
 
     version: str
     entries: list[_Entry]
-    by_gram: dict[str, list[int]] = field(default_factory=dict)
+    by_gram: dict[str, str] = field(default_factory=dict)  # 4-grama -> "i,j,k" (índices de entries)
     unindexed: list[int] = field(default_factory=list)
 
     @classmethod
     def build(cls, version: str, rows: list[tuple[str, str, int]]) -> ExtractorTable:
         entries = [_Entry(key, source, flags) for key, source, flags in rows]
         needs = [_needs(e.source, e.flags) for e in entries]
+        for entry, ns in zip(entries, needs, strict=True):
+            entry.needs = ["\n".join(sorted(n)) for n in ns]
         counts: Counter[str] = Counter(g for ns in needs for n in ns for s in n for g in set(_grams(s)))
 
         def rarest(text: str) -> str:
@@ -72,27 +97,29 @@ class ExtractorTable:
                 continue
             # La exigencia más selectiva: la menor suma de frecuencias de los 4-gramas elegidos.
             need = min(ns, key=lambda n: sum(counts[rarest(s)] for s in n))
-            for text in need:
-                table.by_gram.setdefault(rarest(text), []).append(i)
+            for gram in {rarest(text) for text in need}:
+                table.by_gram[gram] = f"{table.by_gram[gram]},{i}" if gram in table.by_gram else str(i)
         return table
 
     def candidates(self, url: str) -> list[int]:
         """Índices (en orden de yt-dlp) de los únicos patrones que pueden coincidir con ``url``."""
         if not url.isascii():
-            return list(range(len(self.entries)))
+            return list(range(len(self.entries)))  # y ``first_claim`` no usa las exigencias
         found = set(self.unindexed)
         for gram in set(_grams(url.lower())):
             hit = self.by_gram.get(gram)
             if hit:
-                found.update(hit)
+                found.update(map(int, hit.split(",")))
         return sorted(found)
 
     def first_claim(self, url: str) -> str | None:
         """Clave del primer extractor (en orden de yt-dlp) cuyo ``_VALID_URL`` coincide, o None."""
+        lowered = url.lower() if url.isascii() else None
+        grams = set(_grams(lowered)) if lowered is not None else set()
         for i in self.candidates(url):
             entry = self.entries[i]
             try:
-                if entry.match(url):
+                if entry.match_all(url) if lowered is None else entry.match(url, lowered, grams):
                     return entry.key
             except re.error:
                 continue
@@ -148,9 +175,14 @@ def _seq_needs(sp: Any, items: list[tuple[Any, Any]]) -> list[_Need]:
     return found
 
 
+_GENERIC = re.compile(r"(?:https?|://|www\.|[:/.])+")
+
+
 def _best(needs: list[_Need]) -> _Need | None:
-    """Sin frecuencias: la exigencia con menos cadenas y, a igualdad, la más corta más larga."""
-    return min(needs, key=lambda n: (len(n), -min(map(len, n))), default=None)
+    """Sin frecuencias: mejor algo que no esté en toda URL (``http``, ``://``, ``www.``); luego la
+    exigencia con menos cadenas y, a igualdad, la de cadena más corta más larga."""
+    return min(needs, key=lambda n: (all(_GENERIC.fullmatch(s) for s in n), len(n), -min(map(len, n))),
+               default=None)
 
 
 # --- el proceso hijo ----------------------------------------------------------------------------
@@ -187,7 +219,7 @@ def dump_table() -> dict[str, Any]:
             rows.append((key, pattern.pattern, pattern.flags))
     table = ExtractorTable.build(yt_dlp.version.__version__, rows)
     return {"version": table.version, "rows": rows, "always": always, "by_gram": table.by_gram,
-            "unindexed": table.unindexed}
+            "unindexed": table.unindexed, "needs": [e.needs for e in table.entries]}
 
 
 def load_table_from_child() -> ExtractorTable:
@@ -198,13 +230,30 @@ def load_table_from_child() -> ExtractorTable:
     if proc.returncode != 0:
         tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:]
         raise RuntimeError(f"extractor table child exited {proc.returncode}: {' '.join(tail)}")
-    data = json.loads(proc.stdout)
+    data = orjson.loads(proc.stdout)
     if data["always"]:
         raise RuntimeError(f"extractors without _VALID_URL need yt-dlp in process: {data['always'][:3]}")
-    entries = [_Entry(str(k), str(s), int(f)) for k, s, f in data["rows"]]
-    return ExtractorTable(str(data["version"]), entries, {str(g): [int(i) for i in hits] for g, hits in
-                                                          data["by_gram"].items()},
-                          [int(i) for i in data["unindexed"]])
+    # Lo escribe nuestro propio hijo: se usan las listas y cadenas del JSON tal cual, sin copiarlas.
+    entries = [_Entry(key, source, flags, needs)
+               for (key, source, flags), needs in zip(data["rows"], data["needs"], strict=True)]
+    table = ExtractorTable(data["version"], entries, data["by_gram"], data["unindexed"])
+    del proc, data
+    for i in table.unindexed:  # candidatos de toda URL (Youtube acepta un id suelto): ya compilados
+        with contextlib.suppress(re.error):
+            entries[i].match_all("")
+    _release_freed_memory()
+    return table
+
+
+def _release_freed_memory() -> None:
+    """``malloc_trim(0)`` de glibc: devuelve al sistema las páginas libres que dejaron el JSON y
+    las compilaciones (~0,5 MiB de RSS que un proceso de larga vida no recuperaría). Sin glibc, nada."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":
