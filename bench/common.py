@@ -291,7 +291,7 @@ def render_markdown(document: dict[str, Any]) -> str:
     all_targets = [(num, t) for num, sc in sorted(scenarios.items(), key=lambda kv: int(kv[0]))
                    for t in sc.get("targets", [])]
     if all_targets:
-        out += ["## Targets of issue 7", ""]
+        out += ["## Targets (issues 7 and 18)", ""]
         out += _md_table(["scenario", *_TARGET_HEADERS], ([num, *_target_cells(t)] for num, t in all_targets))
         out.append("")
     for num, sc in sorted(scenarios.items(), key=lambda kv: int(kv[0])):

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                 for number in chosen:
                     module_name, title = SCENARIOS[number]
                     log(f"scenario {number}: {title}")
-                    t0 = time.time()
+                    t0, load0 = time.time(), " ".join(f"{x:.2f}" for x in os.getloadavg())
                     try:
                         module = importlib.import_module(module_name)
                         result: ScenarioResult = module.run(ctx)
@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
                         result = ScenarioResult(number, title, "", notes=[f"FAILED: {type(exc).__name__}: {exc}"])
                     result.duration_s = result.duration_s or time.time() - t0
                     result.finished_at = time.strftime("%Y-%m-%d %H:%M:%S")
+                    # Cada sección de latest.md puede venir de otra ejecución: su carga y su commit.
+                    result.notes.append(f"load average when this scenario started: {load0}; "
+                                        f"daemon source: git {meta.get('git') or '?'}")
                     summaries.append(result)
                     print(render_scenario_text(result.summary()), flush=True)
                     suffix = "-smoke" if args.smoke else "-quick" if args.quick else ""
