@@ -32,6 +32,8 @@ import orjson
 __all__ = ["ExtractorTable", "default_suitable", "dump_table", "load_table_from_child"]
 
 GRAM = 4
+_NEEDS_SOURCE_MIN = 1000
+_NEEDS_STRINGS_MIN = 8
 _CHILD_TIMEOUT_S = 120.0
 
 
@@ -84,7 +86,10 @@ class ExtractorTable:
         entries = [_Entry(key, source, flags) for key, source, flags in rows]
         needs = [_needs(e.source, e.flags) for e in entries]
         for entry, ns in zip(entries, needs, strict=True):
-            entry.needs = ["\n".join(sorted(n)) for n in ns]
+            # Sólo donde ahorran algo: patrones largos (caros de compilar) o exigencias de muchas
+            # cadenas; para los demás basta el índice (cada cadena guardada pesa en el daemon).
+            if len(entry.source) > _NEEDS_SOURCE_MIN or any(len(n) > _NEEDS_STRINGS_MIN for n in ns):
+                entry.needs = ["\n".join(sorted(n)) for n in ns]
         counts: Counter[str] = Counter(g for ns in needs for n in ns for s in n for g in set(_grams(s)))
 
         def rarest(text: str) -> str:
