@@ -149,24 +149,31 @@ def repack_distribution(dist: Any, dest: Path) -> Path:
 
 
 def _runtime_distributions(project: str) -> list[Any]:
-    """El cierre de dependencias de ``project`` (sin extras) entre lo instalado en este entorno."""
+    """El cierre de dependencias de ``project`` entre lo instalado en este entorno, siguiendo los
+    extras que piden las dependencias (``yt-dlp[default]`` trae yt-dlp-ejs, brotli, websockets...)."""
     from importlib import metadata
 
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
     seen: dict[str, Any] = {}
-    pending = list(metadata.requires(project) or [])
+    expanded: set[tuple[str, str]] = set()  # (distribución, extra) ya recorridos; "" = sin extra
+    pending: list[tuple[str, frozenset[str]]] = [(text, frozenset()) for text in metadata.requires(project) or []]
     while pending:
-        requirement = Requirement(pending.pop())
-        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+        text, extras = pending.pop()
+        requirement = Requirement(text)
+        if requirement.marker is not None and not any(
+                requirement.marker.evaluate({"extra": extra}) for extra in ("", *extras)):
             continue
         key = canonicalize_name(requirement.name)
-        if key in seen:
-            continue
-        dist = metadata.distribution(requirement.name)
+        dist = seen.get(key) or metadata.distribution(requirement.name)
         seen[key] = dist
-        pending.extend(dist.requires or [])
+        new = [extra for extra in ("", *sorted(requirement.extras)) if (key, extra) not in expanded]
+        if not new:
+            continue
+        expanded.update((key, extra) for extra in new)
+        asked = frozenset(extra for extra in new if extra)
+        pending.extend((child, asked) for child in dist.requires or [])
     return sorted(seen.values(), key=lambda d: canonicalize_name(d.metadata["Name"]))
 
 
