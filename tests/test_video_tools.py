@@ -160,7 +160,9 @@ def test_cancel_kills_the_ffmpeg_that_ytdlp_starts_to_merge(tmp_path: Path) -> N
         d.drop_job({"id": "merge-1", "url": srv.url("/media/dash/manifest.mpd")})
         wait_until(lambda: pids.exists() and pids.read_text().split(), timeout=120, what="ffmpeg merging")
         ffmpeg_pid = int(pids.read_text().split()[0])
-        assert os.readlink(f"/proc/{ffmpeg_pid}/exe") == os.path.realpath(real)
+        # El pid se anota antes del exec: esperar a que ese proceso ya sea el ffmpeg real.
+        wait_until(lambda: os.readlink(f"/proc/{ffmpeg_pid}/exe") == os.path.realpath(real), timeout=30,
+                   what="the wrapper to exec the real ffmpeg")
         cwd = os.readlink(f"/proc/{ffmpeg_pid}/cwd")
         assert cwd.startswith(str(d.temp_root / "videonote_dl_merge-1")), cwd
         pgid = os.getpgid(ffmpeg_pid)
