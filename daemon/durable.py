@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["fsync_dir"]
+__all__ = ["fsync_dir", "fsync_dir_as_producer"]
 
 
 def fsync_dir(path: Path | str) -> None:
@@ -20,3 +20,38 @@ def fsync_dir(path: Path | str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _syncfs(fd: int) -> bool:
+    """``syncfs(2)`` del sistema de archivos de ``fd`` (libc); False si no está disponible."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    libc = ctypes.CDLL(name, use_errno=True)
+    return bool(libc.syncfs(fd) == 0)
+
+
+def fsync_dir_as_producer(path: Path) -> None:
+    """Como ``fsync_dir``, para quien puede escribir en ``path`` pero no leerla (las carpetas del
+    spool al estilo maildrop, 3730, no se pueden abrir para leer): se sincroniza entonces el sistema
+    de archivos entero desde una carpeta antepasada legible (``syncfs``), o todo (``sync``)."""
+    try:
+        fsync_dir(path)
+        return
+    except PermissionError:
+        pass
+    for ancestor in path.parents:
+        try:
+            fd = os.open(ancestor, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if os.fstat(fd).st_dev == os.stat(path).st_dev and _syncfs(fd):
+                return
+        finally:
+            os.close(fd)
+        break
+    os.sync()

@@ -15,7 +15,7 @@ import yaml
 
 from daemon.cli_errors import CliError, UsageError
 from daemon.config import CONFIG_ENV_VAR, Settings, config_label
-from daemon.durable import fsync_dir
+from daemon.durable import fsync_dir_as_producer
 from daemon.exit_codes import EXIT_NOT_FOUND, EXIT_PERMISSION
 from daemon.permissions import permission_message
 
@@ -62,7 +62,7 @@ def write_into_spool(settings: Settings, folder: str, name: str, data: bytes) ->
         raise CliError(permission_message(target_dir, "write into", config_label(settings), write=True),
                        EXIT_PERMISSION) from None
     # La entrega es durable (sobrevive a un corte de luz) con el fsync de la carpeta destino.
-    fsync_dir(target_dir)
+    fsync_dir_as_producer(target_dir)
     return target
 
 
