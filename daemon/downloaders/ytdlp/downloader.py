@@ -25,6 +25,7 @@ from daemon.downloaders.base import (
 from daemon.downloaders.ytdlp.argv import build_argv
 from daemon.downloaders.ytdlp.errors import classify_failure
 from daemon.downloaders.ytdlp.extractors import known_claim, ytdlp_version
+from daemon.downloaders.ytdlp.inputs import withheld_headers
 from daemon.downloaders.ytdlp.output import RunState, SizeLimitHit, clean_line, consume
 from daemon.downloaders.ytdlp.preflight import check_job_url, refuse_private_host
 from daemon.downloaders.ytdlp.process import ExitInfo, Running, start_subprocess
@@ -104,6 +105,10 @@ class YtdlpDownloader:
         known = known_claim(options.url)
         if known:
             started_event["extractor"] = known
+        withheld = withheld_headers(options)
+        if withheld:
+            # Sólo irían al origen de la URL, y yt-dlp no puede limitarlas a él (``inputs``).
+            started_event["withheld_headers"] = withheld
         _log.info("ytdlp.started", correlation_id=cid, **started_event)
 
         state = RunState(options.max_bytes, progress)
