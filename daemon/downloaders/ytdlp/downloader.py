@@ -32,7 +32,7 @@ from daemon.downloaders.ytdlp.process import ExitInfo, Running, start_subprocess
 from daemon.downloaders.ytdlp.result import build_result, checked_paths
 from daemon.downloaders.ytdlp.tools import find_deno, find_ffmpeg
 from daemon.downloaders.ytdlp.zygote_client import ZygoteClient, ZygoteUnavailable
-from daemon.events import get_logger
+from daemon.events import get_logger, redact
 
 __all__ = ["YtdlpDownloader"]
 
@@ -182,7 +182,7 @@ class YtdlpDownloader:
         extra: dict[str, Any] = {"ytdlp_version": version, "extractor": state.extractor,
                                  "ytdlp_mode": run.mode}
         if state.media_id:
-            extra["media_id"] = state.media_id
+            extra["media_id"] = redact(state.media_id)
         if run.exit_info is not None and run.exit_info.cpu_s is not None:
             extra["ytdlp_cpu_s"] = run.exit_info.cpu_s
         try:
