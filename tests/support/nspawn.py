@@ -156,17 +156,25 @@ def _runtime_distributions(project: str) -> list[Any]:
     from packaging.utils import canonicalize_name
 
     seen: dict[str, Any] = {}
+    done: set[tuple[str, str]] = set()  # (distribución, extra) ya recorridos
     pending = list(metadata.requires(project) or [])
     while pending:
         requirement = Requirement(pending.pop())
         if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
             continue
         key = canonicalize_name(requirement.name)
-        if key in seen:
-            continue
-        dist = metadata.distribution(requirement.name)
+        dist = seen.get(key) or metadata.distribution(requirement.name)
         seen[key] = dist
-        pending.extend(dist.requires or [])
+        # Los extras pedidos (``yt-dlp[default]``) traen sus propias dependencias.
+        for extra in ("", *sorted(requirement.extras)):
+            if (key, extra) in done:
+                continue
+            done.add((key, extra))
+            for text in dist.requires or []:
+                inner = Requirement(text)
+                if inner.marker is None or inner.marker.evaluate({"extra": extra}):
+                    inner.marker = None  # ya evaluado, con su extra
+                    pending.append(str(inner))
     return sorted(seen.values(), key=lambda d: canonicalize_name(d.metadata["Name"]))
 
 
