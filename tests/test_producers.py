@@ -177,3 +177,21 @@ def test_config_timeout_and_retries_are_maxima(tmp_path: Path, test_server: Test
         assert (folder, record["attempts"]) == ("failed", 2), record  # 1 intento + 1 reintento, no 51
         folder, record = daemon.wait_record("long-timeout", 15)  # el 1s del config, no la hora del trabajo
         assert folder == "failed" and record["timings"]["duration_s"] < 10, record
+
+
+def test_producer_submit_into_a_maildrop_spool(tmp_path: Path, test_server: TestServer) -> None:
+    """``submit`` de un productor en el spool de modos maildrop (incoming/ no listable): la carpeta
+    no se puede abrir para su fsync, así que la entrega se hace durable con syncfs. Antes salía con
+    4 ("cannot read incoming") con el trabajo ya entregado: reintentarlo lo duplicaba."""
+    quick = test_server.add("/cli.bin", data=b"c" * 2000)
+    with DaemonProcess(tmp_path) as daemon:
+        open_spool(daemon)
+        done = subprocess.run(
+            ["setpriv", f"--reuid={ALICE}", f"--regid={ALICE}", "--clear-groups", sys.executable, "-m", "daemon",
+             "submit", quick, "--id", "alice-cli", "--wait", "--timeout", "30", "--config", str(daemon.config_path)],
+            capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[1],
+        )
+        assert done.returncode == 0 and "done:" in done.stdout, (done.stdout, done.stderr)
+        assert len(daemon.events("alice-cli", "job.received")) == 1  # entregado una sola vez
+        folder, record = daemon.wait_record("alice-cli", 30)
+        assert (folder, record["submitter"]) == ("done", ALICE)

@@ -269,14 +269,16 @@ def _secrets(p: Producers) -> None:
     assert code != 0 and "Permission denied" in out, out
     code, reason = p.as_("alice", f"cat {copy}.reason")
     assert "priority" in reason, reason
-    # Lo que submit deja en incoming/ tampoco lo lee otro productor (0600 y nombre imposible de adivinar).
+    # Lo que submit deja tiene un nombre imposible de adivinar; ya reclamado, bob no lo lee ni
+    # sabiendo su ruta exacta.
     code, out = p.submit("alice", f"{HTTP}/slow/8000000/private.bin", "--id", "a-private")
     assert code == 0, out
-    claimed = c.run("sh", "-c", f"ls {SPOOL}/active/*/").stdout.split()
-    mine = [n for n in claimed if n.startswith("a-private")]
-    assert mine and len(mine[0]) > len("a-private.yaml") + 20, claimed
-    mode = c.run("sh", "-c", f"stat -c %a {SPOOL}/active/*/{mine[0]}").stdout.strip()
-    assert mode == "600", mode
+    c.wait_for(lambda: p.events("job.started", "a-private"), "a-private started")
+    claimed = c.run("sh", "-c", f"ls {SPOOL}/active/*/*").stdout.split()
+    mine = [n for n in claimed if Path(n).name.startswith("a-private.")]
+    assert mine and len(Path(mine[0]).name) > len("a-private.yaml") + 20, claimed
+    code, out = p.as_("bob", f"cat {mine[0]}", check=False)
+    assert code != 0 and "Permission denied" in out, out
     p.as_("alice", f"{CLI} cancel --config {CONFIG} --timeout 30 a-private")
 
 
