@@ -156,6 +156,12 @@ def _fast(size: int, name: str) -> tuple[str, str]:
 
 
 def _hostile_entries(p: Producers) -> None:
+    # Lo normal, antes de nada hostil: la misma orden, para comparar.
+    url, digest = _fast(200_000, "base.bin")
+    began = time.monotonic()
+    code, out = p.submit("alice", url, "--id", "a-base", "--sha256", digest, "--wait", "--timeout", "60")
+    base = time.monotonic() - began
+    assert code == 0, out
     p.as_("bob", f"""cd {SPOOL}/incoming
         mkdir -m 0700 b.yaml; mkdir -m 0000 c.yaml; mkdir -m 0755 d.yaml; mkdir -m 1777 e.yaml
         mkfifo f.yaml
@@ -170,8 +176,9 @@ def _hostile_entries(p: Producers) -> None:
     code, out = p.submit("alice", url, "--id", "a-first", "--sha256", digest, "--wait", "--timeout", "60")
     took = time.monotonic() - began
     assert code == 0, out
-    print(f"a job behind bob's hostile entries: {took:.2f}s")
-    assert took < 15, f"a hostile entry slowed the claim loop: {took:.1f}s"
+    print(f"submit --wait: {base:.2f}s before bob's hostile entries, {took:.2f}s behind them")
+    # Holgura para una máquina compartida; un bucle que se reinicia cada segundo tardaría mucho más.
+    assert took < 2 * base + 3, f"a hostile entry slowed the claim loop: {took:.1f}s (normal: {base:.1f}s)"
     record = p.record("a-first")
     assert record and record["folder"] == "done" and record["submitter"] == p.uid["alice"], record
     # El bucle sigue vivo: ningún traceback en el journal, la cuenta de estado avanza.
