@@ -7,10 +7,11 @@ corte de luz que prueba cada uno, está en docs/reliability.md.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from pathlib import Path
 
-__all__ = ["fsync_dir", "fsync_dir_as_producer"]
+__all__ = ["fsync_dir", "fsync_dir_via"]
 
 
 def fsync_dir(path: Path | str) -> None:
@@ -22,36 +23,14 @@ def fsync_dir(path: Path | str) -> None:
         os.close(fd)
 
 
-def _syncfs(fd: int) -> bool:
-    """``syncfs(2)`` del sistema de archivos de ``fd`` (libc); False si no está disponible."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    libc = ctypes.CDLL(name, use_errno=True)
-    return bool(libc.syncfs(fd) == 0)
-
-
-def fsync_dir_as_producer(path: Path) -> None:
-    """Como ``fsync_dir``, para quien puede escribir en ``path`` pero no leerla (las carpetas del
-    spool al estilo maildrop, 3730, no se pueden abrir para leer): se sincroniza entonces el sistema
-    de archivos entero desde una carpeta antepasada legible (``syncfs``), o todo (``sync``)."""
+def fsync_dir_via(path: Path | str, fd: int) -> None:
+    """``fsync_dir(path)``; si no se puede abrir ``path`` (una carpeta no listable, como incoming/
+    para un productor: modo 3730), ``syncfs`` del sistema de archivos de ``fd``, un descriptor de
+    un archivo de esa misma carpeta. Más caro (todo ese sistema de archivos), pero igual de durable."""
     try:
         fsync_dir(path)
-        return
     except PermissionError:
-        pass
-    for ancestor in path.parents:
-        try:
-            fd = os.open(ancestor, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            if os.fstat(fd).st_dev == os.stat(path).st_dev and _syncfs(fd):
-                return
-        finally:
-            os.close(fd)
-        break
-    os.sync()
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(fd) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error), str(path)) from None
