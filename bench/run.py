@@ -32,6 +32,7 @@ SCENARIOS = {
     5: ("bench.s5_memory", "RSS idle, with 10,000 queued, during 1 GiB vs aria2c --enable-rpc"),
     6: ("bench.s6_reaper", "reaper pass over 10,000 stale and 10,000 locked dirs"),
     7: ("bench.s7_startup", "start-up with 100,000 job files waiting"),
+    8: ("bench.s8_hls", "HLS stream of 200 segments (~100 MB) vs yt-dlp and yt-dlp -N 8"),
     9: ("bench.s9_burst_fleet", "bursts of 16 KiB jobs (10,000; 1,000) to 1 daemon and to 3 sharing a spool"),
 }
 

@@ -12,7 +12,7 @@ from daemon.downloaders.base import Downloader, DownloadOptions
 from daemon.downloaders.http_downloader import HttpDownloader
 from daemon.events import get_logger
 from daemon.jobs import JobSpec
-from daemon.manifest_routing import MANIFEST_CONTENT_TYPES, manifest_by_suffix, probe_content_type, telling_suffix
+from daemon.manifest_routing import manifest_by_suffix, telling_suffix
 
 __all__ = ["DownloaderRegistry"]
 
@@ -80,11 +80,9 @@ class DownloaderRegistry:
             picked = "http"
         if picked == "ytdlp":
             return self._routed(options, "ytdlp", "extractor")
-        if telling_suffix(url):
-            return "http"
-        content_type = await probe_content_type(url, options.allow_private_networks, options.allowed_networks)
-        if content_type in MANIFEST_CONTENT_TYPES:
-            return self._routed(options, "ytdlp", f"content-type {content_type}")
+        # Sin sufijo revelador, lo dice el Content-Type de la propia respuesta: el descargador HTTP
+        # entrega un manifiesto a yt-dlp (``RouteToYtdlp``) sin una petición de más para el resto.
+        options.route_manifests = not telling_suffix(url)
         return "http"
 
     @staticmethod

@@ -7,10 +7,11 @@ corte de luz que prueba cada uno, está en docs/reliability.md.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from pathlib import Path
 
-__all__ = ["fsync_dir"]
+__all__ = ["fsync_dir", "fsync_dir_via"]
 
 
 def fsync_dir(path: Path | str) -> None:
@@ -20,3 +21,16 @@ def fsync_dir(path: Path | str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir_via(path: Path | str, fd: int) -> None:
+    """``fsync_dir(path)``; si no se puede abrir ``path`` (una carpeta no listable, como incoming/
+    para un productor: modo 3730), ``syncfs`` del sistema de archivos de ``fd``, un descriptor de
+    un archivo de esa misma carpeta. Más caro (todo ese sistema de archivos), pero igual de durable."""
+    try:
+        fsync_dir(path)
+    except PermissionError:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(fd) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error), str(path)) from None

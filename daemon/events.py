@@ -176,12 +176,19 @@ def _repair_torn_tail(path: Path, fd: int) -> None:
         cut = tail.rfind(b"\n")
         if cut < 0 and start > 0:
             return
+        # Otro proceso que comparte el registro puede estar a mitad de un write(2) (un lector ve la
+        # línea a medias): sólo es una cola rota si sigue igual un instante después. Nunca se corta
+        # lo que otro escritor está añadiendo.
+        time.sleep(_TORN_RECHECK)
+        if os.fstat(fd).st_size != size:
+            return
         keep = start + cut + 1
         os.ftruncate(fd, keep)
         sys.stderr.write(f"videonote-dl: dropped a torn last line ({size - keep} bytes) from the event log {path}; "
                          "it was cut by a crash or power loss\n")
 
 
+_TORN_RECHECK = 0.05
 _log_file: EventLogFile | None = None
 _stderr_enabled = True
 

@@ -307,7 +307,8 @@ JOB_SCHEMA: tuple[JobField, ...] = (
     JobField("headers", "mapping", "none",
              f"Extra request headers (at most {MAX_HEADERS}). Their values never reach logs or records. They are "
              "sent only to the origin (scheme, host, port) of `url`: after a redirect to another origin they are "
-             "dropped, unless named in `forward_headers`.",
+             "dropped, unless named in `forward_headers`. yt-dlp sends its headers to every host it visits, so "
+             "it gets only those named in `forward_headers` (the rest are withheld: `ytdlp.started` names them).",
              lambda value, _ctx: validate_headers(value)),
     JobField("forward_headers", "list of names", "none",
              "Names from `headers` that may also be sent to another origin after a redirect (e.g. a trace id). "

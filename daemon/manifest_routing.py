@@ -6,25 +6,19 @@ Reglas, en orden (docs/ytdlp.md, "Routing"):
    ``.m3u8``, ``.m3u``, ``.mpd``, ``.ism/Manifest``, ``.isml/Manifest``, ``.f4m`` -> ``ytdlp``.
 2. Un sufijo de archivo conocido (``.mp4``, ``.zip``, ``.webm``...) -> se descarga tal cual,
    sin preguntar nada al servidor.
-3. Sin sufijo revelador: una petición GET (sólo las cabeceras; el cuerpo no se lee) con la misma
-   guarda de direcciones que el descargador HTTP; un ``Content-Type`` de manifiesto
-   (``application/vnd.apple.mpegurl``, ``application/x-mpegURL``, ``audio/mpegurl``,
-   ``application/dash+xml``, ``application/vnd.ms-sstr+xml``, ``application/f4m+xml``) -> ``ytdlp``.
-   Cualquier otra respuesta o error -> ``http`` (el descargador HTTP dará su propio error).
+3. Sin sufijo revelador: lo decide la propia respuesta, sin una petición de más. El trabajo va al
+   descargador HTTP con ``route_manifests``; si la respuesta final (tras las redirecciones) trae un
+   ``Content-Type`` de manifiesto (``application/vnd.apple.mpegurl``, ``application/x-mpegURL``,
+   ``audio/mpegurl``, ``application/dash+xml``, ``application/vnd.ms-sstr+xml``,
+   ``application/f4m+xml``), la suelta sin leer el cuerpo y el trabajo pasa a yt-dlp
+   (``job.routed``) sin gastar un intento. Cualquier otra respuesta se descarga tal cual.
 """
 
 from __future__ import annotations
 
-import asyncio
 from urllib.parse import urlsplit
 
-import aiohttp
-
-from daemon.downloaders.http_session import new_session
-from daemon.downloaders.netguard import session_tls
-
-__all__ = ["MANIFEST_CONTENT_TYPES", "MANIFEST_SUFFIXES", "manifest_by_suffix", "probe_content_type",
-           "telling_suffix"]
+__all__ = ["MANIFEST_CONTENT_TYPES", "MANIFEST_SUFFIXES", "manifest_by_suffix", "telling_suffix"]
 
 MANIFEST_SUFFIXES = (".m3u8", ".m3u", ".mpd", ".ism/manifest", ".isml/manifest", ".f4m")
 MANIFEST_CONTENT_TYPES = frozenset({
@@ -38,7 +32,6 @@ _FILE_SUFFIXES = frozenset({
     "flac", "jpg", "jpeg", "png", "gif", "webp", "pdf", "zip", "gz", "tgz", "xz", "bz2", "zst", "7z",
     "tar", "iso", "img", "bin", "txt", "json", "csv", "deb", "rpm", "exe", "msi", "dmg", "apk", "srt", "vtt",
 })
-_PROBE_TIMEOUT = 10.0
 
 
 def _path(url: str) -> str:
@@ -57,20 +50,3 @@ def telling_suffix(url: str) -> bool:
         return True
     last = path.rsplit("/", 1)[-1]
     return "." in last and last.rsplit(".", 1)[1] in _FILE_SUFFIXES
-
-
-async def probe_content_type(url: str, allow_private: bool, allowed_networks: tuple[str, ...] = (),
-                             timeout: float = _PROBE_TIMEOUT) -> str | None:
-    """El ``Content-Type`` (sin parámetros, en minúsculas) de un GET a ``url``, o None si no se supo."""
-    session = new_session("videonote-dl/0.1", session_tls(None), allow_private, allowed_networks)
-    try:
-        async with asyncio.timeout(timeout), session.get(url, allow_redirects=True, max_redirects=10) as response:
-            if response.status >= 400:
-                return None
-            return response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower() or None
-    except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
-        return None
-    except Exception:  # PrivateAddressRefused y similares: que decida el descargador HTTP
-        return None
-    finally:
-        await session.close()

@@ -45,6 +45,7 @@ __all__ = [
     "PublishedFile",
     "find_linked_publication",
     "open_output_dir",
+    "open_staging",
     "publish_file",
     "recover_publication",
     "sweep_staging",
@@ -170,23 +171,46 @@ def _link_and_sync(source: str, source_dir_fd: int | None, dir_fd: int, dir_path
                        errno=errno.EEXIST)
 
 
-def _open_staging(output_root: Path) -> int:
-    """Abre (creándola, 0700) la carpeta de preparación de la raíz de salida, sin seguir enlaces."""
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(output_root / STAGING_DIR, 0o700)
+def open_staging(output_root: Path) -> int:
+    """Abre (creándola, 0700) la carpeta de preparación de la raíz de salida, sin seguir enlaces.
+
+    En una salida escribible por el grupo de productores, otro usuario pudo crear antes ese nombre
+    (una carpeta suya, un enlace, un archivo): dentro de una carpeta ajena podría cambiar la copia
+    entre el fsync y el ``link()``. Sólo vale una carpeta del daemon en la que nadie más escribe;
+    lo demás se aparta con un nombre aleatorio (``.videonote-dl-staging.foreign-*``, que el
+    operador revisa y borra) y se crea la propia. Si ni eso se puede, ``StorageError``."""
+    root_fd = os.open(output_root, DIR_FLAGS)
     try:
-        return os.open(output_root / STAGING_DIR, DIR_FLAGS)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise StorageError(f"{output_root / STAGING_DIR} is not a real folder (symlink or file); remove it",
-                               errno=exc.errno) from None
-        raise
+        for _ in range(3):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(STAGING_DIR, 0o700, dir_fd=root_fd)
+            try:
+                fd = os.open(STAGING_DIR, DIR_FLAGS, dir_fd=root_fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+            else:
+                info = os.fstat(fd)
+                if info.st_uid == os.geteuid() and not info.st_mode & 0o022:
+                    return fd
+                os.close(fd)
+            aside = f"{STAGING_DIR}.foreign-{secrets.token_hex(8)}"
+            try:
+                os.rename(STAGING_DIR, aside, src_dir_fd=root_fd, dst_dir_fd=root_fd)
+            except OSError as exc:
+                raise StorageError(
+                    f"{output_root / STAGING_DIR} is not the daemon's own 0700 folder (another user made it?) and "
+                    f"cannot be moved aside ({exc.strerror}); remove it", errno=exc.errno) from None
+        raise StorageError(f"{output_root / STAGING_DIR} keeps being replaced by someone else; check the "
+                           "output folder's permissions", errno=errno.EEXIST)
+    finally:
+        os.close(root_fd)
 
 
 def _publish_copy(src: Path, output_root: Path, dir_fd: int, dir_path: Path, filename: str,
                   marker: Path | None, fsync: bool) -> PublishedFile:
     """Otro sistema de archivos: copia preparada (O_EXCL, nombre aleatorio, flock), fsync y link()."""
-    staging_fd = _open_staging(output_root)
+    staging_fd = open_staging(output_root)
     staged = f"{secrets.token_hex(12)}{_STAGED_SUFFIX}"
     fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
                  dir_fd=staging_fd)
@@ -235,6 +259,10 @@ def sweep_staging(output_root: Path, max_age: float = 0.0) -> int:
     try:
         staging_fd = os.open(output_root / STAGING_DIR, DIR_FLAGS)
     except OSError:
+        return 0
+    info = os.fstat(staging_fd)
+    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        os.close(staging_fd)  # no es la nuestra (open_staging la apartará): no se toca nada dentro
         return 0
     removed = 0
     now = time.time()

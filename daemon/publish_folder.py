@@ -27,7 +27,7 @@ import orjson
 from daemon.dirlock import DIR_FLAGS
 from daemon.downloaders.base import StorageError
 from daemon.naming import numbered_names
-from daemon.publish import STAGING_DIR, open_output_dir
+from daemon.publish import STAGING_DIR, open_output_dir, open_staging
 from daemon.sha import file_sha256
 
 __all__ = ["FOLDER_MARKER", "folder_listing", "publish_folder", "recover_folder", "unpublish_folder"]
@@ -107,9 +107,7 @@ def publish_folder(src: Path, output_root: Path, subdir: str | None, name: str, 
     staged = f"{secrets.token_hex(12)}.partial"
     staging_fd = staged_fd = -1
     try:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(staging, 0o700)
-        staging_fd = os.open(staging, DIR_FLAGS)
+        staging_fd = open_staging(output_root)
         os.mkdir(staged, 0o700, dir_fd=staging_fd)
         staged_fd = os.open(staged, DIR_FLAGS, dir_fd=staging_fd)
         fcntl.flock(staged_fd, fcntl.LOCK_EX)  # sweep_staging nunca borra una preparación en curso

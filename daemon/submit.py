@@ -15,7 +15,7 @@ import yaml
 
 from daemon.cli_errors import CliError, UsageError
 from daemon.config import CONFIG_ENV_VAR, Settings, config_label
-from daemon.durable import fsync_dir
+from daemon.durable import fsync_dir_via
 from daemon.exit_codes import EXIT_NOT_FOUND, EXIT_PERMISSION
 from daemon.permissions import permission_message
 
@@ -51,18 +51,19 @@ def write_into_spool(settings: Settings, folder: str, name: str, data: bytes) ->
         handle.write(data)
         handle.flush()
         os.fsync(fd)
-    target = target_dir / name
-    if os.path.lexists(target):
-        tmp.unlink()
-        raise UsageError(f"{target} already exists; choose another --id")
-    try:
-        os.rename(tmp, target)
-    except PermissionError:
-        tmp.unlink()
-        raise CliError(permission_message(target_dir, "write into", config_label(settings), write=True),
-                       EXIT_PERMISSION) from None
-    # La entrega es durable (sobrevive a un corte de luz) con el fsync de la carpeta destino.
-    fsync_dir(target_dir)
+        target = target_dir / name
+        if os.path.lexists(target):
+            tmp.unlink()
+            raise UsageError(f"{target} already exists; choose another --id")
+        try:
+            os.rename(tmp, target)
+        except PermissionError:
+            tmp.unlink()
+            raise CliError(permission_message(target_dir, "write into", config_label(settings), write=True),
+                           EXIT_PERMISSION) from None
+        # La entrega es durable (sobrevive a un corte de luz) con el fsync de la carpeta destino; un
+        # productor no puede abrirla (incoming/ no es listable): entonces syncfs con el propio archivo.
+        fsync_dir_via(target_dir, fd)
     return target
 
 

@@ -97,9 +97,11 @@ def test_every_kind_of_entry_in_incoming_and_cancel_leaves_the_loop_running(tmp_
             wait_until(lambda: any(e["file"] == "mounted.yaml" for e in daemon.events(name="spool.entry_skipped")),
                        10, what="the mount point skipped")
             skipped = daemon.events(name="spool.entry_skipped")
-            assert [e["file"] for e in skipped] == ["mounted.yaml"], skipped  # dicho una vez, no cada pasada
+            # Dicho una vez por inodo, no en cada pasada: la carpeta pudo verse antes de montarse
+            # (otro inodo) y una vez montada; nunca más de esas dos.
+            assert {e["file"] for e in skipped} == {"mounted.yaml"} and len(skipped) <= 2, skipped
             time.sleep(2.5)  # dos reescaneos más: el aviso no se repite
-            assert len(daemon.events(name="spool.entry_skipped")) == 1
+            assert len(daemon.events(name="spool.entry_skipped")) == len(skipped)
         # Lo que no es un archivo acaba en rejected/ con su motivo; nada queda en incoming/.
         wait_until(lambda: not [n for n in os.listdir(incoming) if n != "flicker.yaml" and n != "mounted.yaml"],
                    15, what="incoming/ emptied")

@@ -97,6 +97,7 @@ FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
                         st.one_of(tricky_text, st.integers()), max_size=4),
         any_value,
     ),
+    "postprocess": st.one_of(st.sampled_from(["videonote", "nosuch", "", "-x"]), tricky_text),
     "forward_headers": st.one_of(
         st.lists(st.one_of(st.sampled_from(["X-Api-Key", "Authorization", "Cookie", "Bad Name"]), tricky_text),
                  max_size=3),

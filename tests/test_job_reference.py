@@ -49,6 +49,7 @@ BAD_VALUES: dict[str, tuple[Any, str]] = {
     "retries": (101, "'retries' must be an integer from 0 to 100"), "format": ("", "'format' must be a string"),
     "priority": (1001, "'priority' must be an integer from -1000 to 1000"), "playlist": ("yes", "'playlist' must"),
     "headers": (["X-A"], "'headers' must be a mapping"), "forward_headers": ("X-A", "'forward_headers' must be a list"),
+    "postprocess": ("nosuch", "'postprocess' 'nosuch' is not a profile of this daemon"),
 }
 
 

@@ -26,6 +26,7 @@ from tests.support.daemon_proc import DaemonProcess, wait_until
 from tests.support.http_server import Behavior, TestServer
 
 ALICE, BOB = 2001, 2002
+PRODUCERS = 2100  # el grupo de productores en la prueba del CLI
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="acts as other users with setpriv (needs root)"),
@@ -177,3 +178,53 @@ def test_config_timeout_and_retries_are_maxima(tmp_path: Path, test_server: Test
         assert (folder, record["attempts"]) == ("failed", 2), record  # 1 intento + 1 reintento, no 51
         folder, record = daemon.wait_record("long-timeout", 15)  # el 1s del config, no la hora del trabajo
         assert folder == "failed" and record["timings"]["duration_s"] < 10, record
+
+
+def test_producer_cli_submit_and_cancel_in_a_maildrop_spool(tmp_path: Path, test_server: TestServer) -> None:
+    """``submit`` y ``cancel`` como un productor (sin el grupo del daemon) en el spool maildrop.
+
+    incoming/ no es listable: su fsync no se puede abrir, así que la entrega se hace durable con
+    syncfs (antes salía con 4, "cannot read incoming", con el trabajo ya entregado: reintentarlo
+    lo duplicaba). El estado (status.json) no es legible para él: ``cancel`` espera sólo el
+    registro (antes salía con 4 con el marcador ya puesto)."""
+    quick = test_server.add("/cli.bin", data=b"c" * 2000)
+    hold = threading.Event()
+    held = test_server.add("/cli-held.bin", Behavior(data=b"h" * 256 * 1024, hold=hold, hold_after=64 * 1024))
+    repo = Path(__file__).resolve().parents[1]
+
+    def alice(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["setpriv", f"--reuid={ALICE}", f"--regid={ALICE}", f"--groups={PRODUCERS}", sys.executable, "-m", "daemon",
+             *args, "--config", str(daemon.config_path)], capture_output=True, text=True, timeout=60, cwd=repo)
+
+    daemon = DaemonProcess(tmp_path)
+    previous = os.umask(0o027)  # como UMask= de la unidad: el estado no es legible para otros
+    try:
+        daemon.start()
+    finally:
+        os.umask(previous)
+    try:
+        open_spool(daemon)
+        # Como systemd/videonote-dl.tmpfiles: registros legibles por el grupo de productores (setgid).
+        # (Los registros se escriben en tmp/ y se enlazan en done/: su grupo es el de tmp/.)
+        for folder, mode in (("tmp", 0o3733), ("done", 0o2750), ("failed", 0o2750), ("rejected", 0o2710)):
+            os.chown(daemon.spool / folder, -1, PRODUCERS)
+            (daemon.spool / folder).chmod(mode)
+        # alice no lee el estado (root:root, sin permiso para otros; la prueba lo necesita así).
+        wait_until(lambda: daemon.status_file.exists(), 10, what="status file")
+        assert daemon.status_file.stat().st_uid != ALICE and not daemon.status_file.stat().st_mode & 0o004
+        done = alice("submit", quick, "--id", "alice-cli", "--wait", "--timeout", "30")
+        assert done.returncode == 0 and "done:" in done.stdout, (done.stdout, done.stderr)
+        assert len(daemon.events("alice-cli", "job.received")) == 1  # entregado una sola vez
+        folder, record = daemon.wait_record("alice-cli", 30)
+        assert (folder, record["submitter"]) == ("done", ALICE)
+        assert alice("submit", held, "--id", "alice-held").returncode == 0
+        wait_until(lambda: daemon.events("alice-held", "job.started"), 30, what="alice-held started")
+        cancelled = alice("cancel", "alice-held", "--timeout", "30")
+        assert cancelled.returncode == 0 and "cancelled alice-held" in cancelled.stdout, (
+            cancelled.stdout, cancelled.stderr)
+        folder, record = daemon.wait_record("alice-held", 30)
+        assert (record["outcome"], record["cancelled_by"]) == ("cancelled", ALICE)
+    finally:
+        hold.set()
+        daemon.__exit__(None, None, None)

@@ -64,17 +64,41 @@ def test_sweep_unlinks_a_planted_symlink_without_following_it(tmp_path: Path) ->
 
 
 def test_copy_never_follows_a_planted_staging_symlink(tmp_path: Path) -> None:
-    """Si alguien planta la carpeta de preparación como enlace a otro sitio, se rechaza (storage)."""
+    """Si alguien planta la carpeta de preparación como enlace a otro sitio, se aparta sin seguirlo."""
     with mounted_tmpfs(tmp_path / "out-fs", "size=4m") as out:
         elsewhere = tmp_path / "elsewhere"
         elsewhere.mkdir()
         os.symlink(elsewhere, out / STAGING_DIR)
         src = tmp_path / "src.bin"
         src.write_bytes(os.urandom(50_000))
-        with pytest.raises(StorageError, match="not a real folder"):
-            publish_file(src, out, None, "clip.bin")
+        published = publish_file(src, out, None, "clip.bin")
+        assert published.path.read_bytes() == src.read_bytes()
         assert list(elsewhere.iterdir()) == []
-        assert not (out / "clip.bin").exists()
+        aside = [p for p in out.iterdir() if p.name.startswith(f"{STAGING_DIR}.foreign-")]
+        assert len(aside) == 1 and os.readlink(aside[0]) == str(elsewhere)
+        assert (out / STAGING_DIR).is_dir() and not (out / STAGING_DIR).is_symlink()
+
+
+@pytest.mark.parametrize("uid, mode", [(2002, 0o777), (2002, 0o700), (0, 0o777)])
+def test_a_staging_folder_planted_by_another_user_is_set_aside(tmp_path: Path, uid: int, mode: int) -> None:
+    """Una carpeta de preparación ajena (o escribible por otros) no se usa: el otro podría cambiar
+    la copia entre el fsync y el link(). Se aparta intacta y el daemon crea la suya (0700)."""
+    with mounted_tmpfs(tmp_path / "out-fs", "size=4m") as out:
+        planted = out / STAGING_DIR
+        planted.mkdir()
+        (planted / "bob.txt").write_text("bob's")
+        os.chown(planted, uid, uid)
+        planted.chmod(mode)
+        assert sweep_staging(out, max_age=0) == 0  # nada de dentro se toca
+        src = tmp_path / "src.bin"
+        src.write_bytes(os.urandom(50_000))
+        published = publish_file(src, out, None, "clip.bin")
+        assert published.path.read_bytes() == src.read_bytes()
+        own = os.stat(out / STAGING_DIR)
+        assert (own.st_uid, own.st_mode & 0o777) == (os.geteuid(), 0o700)
+        aside = [p for p in out.iterdir() if p.name.startswith(f"{STAGING_DIR}.foreign-")]
+        assert len(aside) == 1 and (aside[0] / "bob.txt").read_text() == "bob's"
+        assert os.stat(aside[0]).st_uid == uid
 
 
 def test_enospc_during_the_copy_leaves_nothing_in_the_output(tmp_path: Path) -> None:

@@ -49,6 +49,7 @@ from daemon.downloaders.ytdlp import (
     pick_downloader,
     ytdlp_command,
 )
+from daemon.downloaders.ytdlp.inputs import URL_FILE
 from tests.support.http_server import Behavior, TestServer
 
 MODES = ["subprocess", "zygote"]
@@ -444,12 +445,13 @@ def test_url_starting_with_dash_is_refused_and_inert(server: TestServer, temp_ro
     assert error.transient is False
     assert events.named("ytdlp.started", "dash-1") == []
 
-    # 2) Aun saltándose esa comprobación, el argv la pone tras "--" como un único elemento...
+    # 2) Aun saltándose esa comprobación, la URL no está en argv: va en el archivo de lotes...
     out = tmp_path / "out"
     out.mkdir()
     argv = build_argv(DownloadOptions(url=url, output_path=out))
-    assert argv[-2:] == ["--", url]
-    assert argv.count("--") == 1 and not any(a.startswith("--exec") for a in argv[:-1])
+    assert argv[-1] == f"--batch-file={out / URL_FILE}" and url not in argv
+    assert not any(a.startswith("--exec") for a in argv)
+    assert (out / URL_FILE).read_text() == url + "\n"
     # ...y yt-dlp de verdad la recibe como URL (no como opción): la rechaza y no ejecuta nada.
     proc = subprocess.run(ytdlp_command(argv, guard=False), cwd=out, capture_output=True, text=True,
                           stdin=subprocess.DEVNULL, timeout=120)
@@ -492,6 +494,10 @@ def test_only_designed_job_fields_reach_ytdlp(tmp_path: Path) -> None:
     argv = build_argv(opts)
     joined = "\n".join(argv)
     assert "secret" not in joined and "x.mp4" not in joined and "0" * 64 not in joined
+    assert "https://example.org/v" not in joined  # la URL va en el archivo de lotes (0600)
+    # Authorization no está en forward_headers: no llega a yt-dlp ni siquiera en su configuración.
+    assert not any(a.startswith("--config-locations") for a in argv)
+    assert "secret" not in "".join(p.read_text() for p in tmp_path.iterdir() if p.is_file())
     assert "--ignore-config" in argv and "--no-playlist" in argv and "--max-filesize=5000" in argv
     assert f"--paths=home:{tmp_path}" in argv and f"--paths=temp:{tmp_path}/.ytdlp" in argv
     assert "--format=best[height<=720]" in argv

@@ -32,6 +32,7 @@ __all__ = [
     "PermanentDownloadError",
     "PrivateAddressRefused",
     "ProgressCallback",
+    "RouteToYtdlp",
     "SchemeNotAllowed",
     "ServerError",
     "SizeLimitExceeded",
@@ -72,6 +73,9 @@ class DownloadOptions:
     correlation_id: str | None = None
     # Perfil de post-proceso (``daemon.postprocess.Profile``) elegido por el trabajo, o None.
     postprocess: Any = None
+    # ``downloader: auto`` resuelto a http sin sufijo revelador: si la respuesta es un manifiesto
+    # (por su Content-Type), el descargador HTTP lo entrega a yt-dlp con ``RouteToYtdlp``.
+    route_manifests: bool = False
 
 
 @dataclass(slots=True)
@@ -97,6 +101,14 @@ class Downloader(Protocol):
     async def download(
         self, options: DownloadOptions, progress: ProgressCallback | None = None
     ) -> DownloadResult: ...
+
+
+class RouteToYtdlp(Exception):
+    """La respuesta HTTP es un manifiesto (HLS, DASH...): el trabajo pasa a yt-dlp sin gastar intento."""
+
+    def __init__(self, content_type: str) -> None:
+        super().__init__(content_type)
+        self.content_type = content_type
 
 
 class DownloadError(Exception):

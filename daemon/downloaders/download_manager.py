@@ -34,14 +34,17 @@ from daemon.downloaders.base import (
     DownloadResult,
     DownloadTimeout,
     PermanentDownloadError,
+    RouteToYtdlp,
     StorageError,
     TransientDownloadError,
+    UnsupportedUrl,
     error_record,
 )
 from daemon.downloaders.download_lifecycle import DownloadLifecycle, LifecycleState, safe_filename_in
 from daemon.downloaders.download_task import CancelResult, DownloadTask, RetryPolicy, TaskState
 from daemon.downloaders.fair_queue import FairQueue
 from daemon.downloaders.job_finish import Finisher
+from daemon.downloaders.progress import progress_reporter
 from daemon.downloaders.ytdlp.result import folder_result
 from daemon.events import bind_correlation_id, get_logger
 from daemon.faultpoints import apause_point, crash_point
@@ -295,26 +298,7 @@ class DownloadManager:
             _log.error("job.failed", correlation_id=task.correlation_id, attempt=task.attempt, error=task.error)
 
     def _progress_callback(self, task: DownloadTask) -> Callable[[int, int | None], None]:
-        def report(done: int, total: int | None) -> None:
-            task.bytes_done, task.bytes_total = done, total
-            now = time.monotonic()
-            last_time, last_bytes = task._last_progress
-            if not last_time:  # primera noticia: empieza a contar el intervalo
-                task._last_progress = (now, done)
-                return
-            finished = total is not None and done >= total
-            # Como mucho un evento por intervalo; el del final sólo si hubo alguno antes: una
-            # descarga que dura menos de un intervalo no necesita informe de progreso.
-            if now - last_time < self.progress_interval and not (finished and task._progress_events):
-                return
-            task.speed = (done - last_bytes) / max(now - last_time, 1e-6)
-            task._last_progress = (now, done)
-            task._progress_events += 1
-            percent = round(done * 100 / total, 1) if total else None
-            _log.info("job.progress", correlation_id=task.correlation_id, bytes=done, total=total,
-                      percent=percent, speed=round(task.speed))
-
-        return report
+        return progress_reporter(task, lambda: self.progress_interval)
 
     # --- el camino de un trabajo, paso a paso ---------------------------------------------------
     def _job_path(self, task: DownloadTask) -> Callable[..., Any]:
@@ -373,6 +357,16 @@ class DownloadManager:
             try:
                 async with asyncio.timeout(options.timeout):
                     return await downloader.download(options, progress)
+            except RouteToYtdlp as route:
+                if "ytdlp" not in self.downloaders:
+                    raise UnsupportedUrl(f"the server sent a streaming manifest ({route.content_type}) and the "
+                                         "yt-dlp downloader is not available in this daemon") from None
+                # Un manifiesto sin sufijo revelador: lo dijo su Content-Type. Pasa a yt-dlp sin gastar intento.
+                options.route_manifests = False
+                task.downloader, downloader = "ytdlp", self.downloaders["ytdlp"]
+                _log.info("job.routed", correlation_id=task.correlation_id, downloader="ytdlp",
+                          rule=f"content-type {route.content_type}")
+                continue
             except TimeoutError:
                 error: DownloadError = DownloadTimeout(f"the attempt took longer than {options.timeout:.0f}s")
             except TransientDownloadError as exc:

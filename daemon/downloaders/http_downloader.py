@@ -51,6 +51,7 @@ from daemon.downloaders.base import (
     InvalidUrl,
     PrivateAddressRefused,
     ProgressCallback,
+    RouteToYtdlp,
     SizeLimitExceeded,
     StorageError,
     TlsError,
@@ -77,6 +78,7 @@ from daemon.downloaders.netguard import session_tls
 from daemon.durable import fsync_dir
 from daemon.events import redact
 from daemon.faultpoints import crash_point
+from daemon.manifest_routing import MANIFEST_CONTENT_TYPES
 
 __all__ = ["META_NAME", "PART_NAME", "WRITE_BATCH", "HttpDownloader"]
 
@@ -125,7 +127,7 @@ class HttpDownloader:
             raise ValueError("options.output_path must be the isolated temp dir")
         try:
             return await self._download(options, progress)
-        except DownloadError:
+        except (DownloadError, RouteToYtdlp):
             raise
         except (aiohttp.ClientPayloadError, aiohttp.ClientResponseError, HttpProcessingError) as exc:
             raise BadResponse(f"the server's response is not valid HTTP: {exc}") from None
@@ -152,6 +154,11 @@ class HttpDownloader:
         restarted: str | None = None
         while True:
             response = await self._open(session, options, offset, meta, timeout)
+            if options.route_manifests:
+                content_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+                if content_type in MANIFEST_CONTENT_TYPES:
+                    response.release()  # ni un byte del cuerpo: lo descarga yt-dlp
+                    raise RouteToYtdlp(content_type)
             why = resume_refused(response, offset, meta) if offset else None
             if why is None:
                 break

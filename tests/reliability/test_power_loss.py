@@ -261,14 +261,16 @@ def test_power_cut_at_every_boundary(machine: Machine, boundary: int) -> None:
 # Cada paso durable de un trabajo, en orden: (fsync que lo hace durable, patrón de su frontera).
 # test_power_cut_before_each_durability_step corta justo antes de cada uno (y al final).
 ONE_JOB_STEPS = [
-    ("submit-data", r"fsync /spool/tmp/\.one\.yaml\."),
+    # Los temporales del spool tienen nombres imposibles de adivinar: el primero es el del productor,
+    # el último el del registro.
+    ("submit-data", r"fsync /spool/tmp/\.videonote-dl-[0-9a-f]+\.tmp$"),
     ("submit-name", r"fsyncdir /spool/incoming$"),
     ("temp-dir", r"fsyncdir /tmp$"),
     ("download-data", r"fsync /tmp/videonote_dl_one/download\.part$"),
     ("download-name", r"fsyncdir /tmp/videonote_dl_one$"),
     ("publish", r"fsyncdir /out$"),
     ("claim", r"fsyncdir /spool/active/[^/]+$"),
-    ("record-data", r"fsync /spool/tmp/\.one\.json\."),
+    ("record-data", r"fsync /spool/tmp/\.videonote-dl-[0-9a-f]+\.tmp$"),
     ("record-name", r"fsyncdir /spool/done$"),
 ]
 
@@ -306,7 +308,7 @@ def test_power_cut_before_each_durability_step(machine: Machine, one_job_trace: 
         pattern = dict(ONE_JOB_STEPS)[step]
         found = [n for n, line in enumerate(one_job_trace, 1) if re.search(pattern, line)]
         assert found, f"no boundary matches {pattern!r} in a job's trace:\n" + "\n".join(one_job_trace)
-        arm = found[0]
+        arm = found[-1] if step == "record-data" else found[0]
     jobs = _one_job(0)
     for job in jobs:
         machine.server.add(f"/{job.id}.bin", job.behavior)

@@ -112,8 +112,10 @@ def _wheel_name(name: str, version: str, tags: list[str]) -> str:
 def repack_distribution(dist: Any, dest: Path) -> Path:
     """Vuelve a empaquetar como rueda una distribución instalada (sus archivos según RECORD).
 
-    Se omiten los scripts (fuera de site-packages: pip los regenera de entry_points.txt), los
+    Se omiten los scripts de entry_points.txt (fuera de site-packages: pip los regenera), los
     .pyc y los archivos que solo describen la instalación (INSTALLER, REQUESTED, direct_url.json).
+    Los demás archivos de ``bin/`` (el binario ``deno`` de la rueda deno) vuelven a
+    ``<nombre>-<versión>.data/scripts/``, de donde pip los instala en el ``bin/`` del venv.
     """
     wheel_text = dist.read_text("WHEEL")
     files = dist.files
@@ -125,17 +127,32 @@ def repack_distribution(dist: Any, dest: Path) -> Path:
     records: list[tuple[str, str, str]] = []
     dist_info = None
     tmp = target.with_suffix(".partial")
+    generated = {ep.name for ep in dist.entry_points if ep.group in ("console_scripts", "gui_scripts")}
+    data_scripts = f"{re.sub(r'[-_.]+', '_', dist.metadata['Name'])}-{dist.version}.data/scripts"
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for entry in files:
             posix = entry.as_posix()
+            if posix.startswith("../../../bin/") and entry.name not in generated:
+                data = Path(dist.locate_file(entry)).read_bytes()
+                info = zipfile.ZipInfo(f"{data_scripts}/{entry.name}", date_time=(1980, 1, 1, 0, 0, 0))
+                info.external_attr = 0o100755 << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                archive.writestr(info, data)
+                records.append((info.filename, _record_hash(data), str(len(data))))
+                continue
             if posix.startswith("..") or "__pycache__" in entry.parts or posix.endswith(".pyc"):
                 continue
             if entry.parent.name.endswith(".dist-info"):
                 dist_info = entry.parent.as_posix()
                 if entry.name in skipped_meta:
                     continue
-            data = Path(dist.locate_file(entry)).read_bytes()
-            archive.writestr(posix, data)
+            source = Path(dist.locate_file(entry))
+            data = source.read_bytes()
+            # Con su modo: pip respeta el bit de ejecución (el ffmpeg de imageio-ffmpeg lo necesita).
+            info = zipfile.ZipInfo(posix, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = (0o100000 | (source.stat().st_mode & 0o755)) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, data)
             records.append((posix, _record_hash(data), str(len(data))))
         if dist_info is None:
             raise RuntimeError(f"{dist.metadata['Name']}: no .dist-info in RECORD")
@@ -149,24 +166,31 @@ def repack_distribution(dist: Any, dest: Path) -> Path:
 
 
 def _runtime_distributions(project: str) -> list[Any]:
-    """El cierre de dependencias de ``project`` (sin extras) entre lo instalado en este entorno."""
+    """El cierre de dependencias de ``project`` entre lo instalado en este entorno, siguiendo los
+    extras que piden las dependencias (``yt-dlp[default]`` trae yt-dlp-ejs, brotli, websockets...)."""
     from importlib import metadata
 
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
     seen: dict[str, Any] = {}
-    pending = list(metadata.requires(project) or [])
+    expanded: set[tuple[str, str]] = set()  # (distribución, extra) ya recorridos; "" = sin extra
+    pending: list[tuple[str, frozenset[str]]] = [(text, frozenset()) for text in metadata.requires(project) or []]
     while pending:
-        requirement = Requirement(pending.pop())
-        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+        text, extras = pending.pop()
+        requirement = Requirement(text)
+        if requirement.marker is not None and not any(
+                requirement.marker.evaluate({"extra": extra}) for extra in ("", *extras)):
             continue
         key = canonicalize_name(requirement.name)
-        if key in seen:
-            continue
-        dist = metadata.distribution(requirement.name)
+        dist = seen.get(key) or metadata.distribution(requirement.name)
         seen[key] = dist
-        pending.extend(dist.requires or [])
+        new = [extra for extra in ("", *sorted(requirement.extras)) if (key, extra) not in expanded]
+        if not new:
+            continue
+        expanded.update((key, extra) for extra in new)
+        asked = frozenset(extra for extra in new if extra)
+        pending.extend((child, asked) for child in dist.requires or [])
     return sorted(seen.values(), key=lambda d: canonicalize_name(d.metadata["Name"]))
 
 
@@ -185,7 +209,7 @@ def build_wheelhouse(project_dir: Path, cache_root: Path) -> Path:
     project = pyproject["project"]["name"]
     build_requires = sorted(pyproject.get("build-system", {}).get("requires", []))
     dists = _runtime_distributions(project)
-    key_text = "\n".join(["format 2", *(f"{d.metadata['Name']}=={d.version}" for d in dists), *build_requires])
+    key_text = "\n".join(["format 4", *(f"{d.metadata['Name']}=={d.version}" for d in dists), *build_requires])
     key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
     wheelhouse = cache_root / f"wheelhouse-{key}"
     if (wheelhouse / ".complete").exists():

@@ -3,9 +3,10 @@
 Cada trabajo corre yt-dlp en un proceso propio, en su propio grupo de procesos (``setsid``), con
 stdin cerrado y sólo las opciones que fija ``argv``: ``--ignore-config``, rutas dentro del
 directorio aislado del trabajo (temporales y fragmentos incluidos), progreso en JSON por stdout,
-``--print after_move:...`` para conocer el archivo final y ``--`` antes de la URL. De un trabajo
-sólo llegan a yt-dlp la URL, ``format``, ``playlist`` y ``max_bytes``; nada más puede añadir
-opciones. La cancelación y el ``timeout`` terminan el grupo entero (TERM, KILL tras
+``--print after_move:...`` para conocer el archivo final. De un trabajo sólo llegan a yt-dlp la
+URL, ``format``, ``playlist``, ``max_bytes`` y las cabeceras de ``forward_headers``; nada más
+puede añadir opciones. La URL y las cabeceras van en archivos 0600 del directorio aislado
+(``inputs``), nunca en argv. La cancelación y el ``timeout`` terminan el grupo entero (TERM, KILL tras
 ``kill_grace``) y esperan al proceso: no quedan zombis ni huérfanos.
 
 Dos formas de lanzar el proceso, con el mismo argv y la misma lectura de stdout/stderr:
@@ -20,6 +21,7 @@ Un módulo por concepto:
 - ``errors``: errores propios y clasificación de la salida de yt-dlp (``classify_failure``);
 - ``extractors``: versión instalada, extractores y ``pick_downloader`` (``downloader: auto``);
 - ``argv``: la línea de órdenes (``build_argv``, ``ytdlp_command``) y el entorno del hijo;
+- ``inputs``: la URL y las cabeceras en archivos 0600 (``write_inputs``), fuera de argv;
 - ``preflight``: la URL y el primer salto de red, antes de lanzar nada;
 - ``process``: un yt-dlp en marcha (grupo de procesos, tuberías, terminar y recoger);
 - ``output``: progreso JSON, archivos terminados y colas de stderr;
@@ -44,6 +46,7 @@ from daemon.downloaders.ytdlp.extractors import (
     preload_extractors,
     ytdlp_version,
 )
+from daemon.downloaders.ytdlp.inputs import forwarded_headers, withheld_headers, write_inputs
 from daemon.downloaders.ytdlp.names import published_name
 from daemon.downloaders.ytdlp.tools import ToolInfo, describe_tools, find_deno, find_ffmpeg
 
@@ -60,9 +63,12 @@ __all__ = [
     "describe_tools",
     "find_deno",
     "find_ffmpeg",
+    "forwarded_headers",
     "pick_downloader",
     "preload_extractors",
     "published_name",
+    "withheld_headers",
+    "write_inputs",
     "ytdlp_command",
     "ytdlp_version",
 ]

@@ -1,8 +1,10 @@
 """La línea de órdenes de yt-dlp: argumentos de un trabajo, intérprete y entorno del hijo.
 
-Sólo llegan a yt-dlp la URL, ``format``, ``playlist`` y ``max_bytes`` de un trabajo, cada uno como
-un único elemento de argv (``--opción=valor``) y la URL la última, tras ``--``: nada de un trabajo
-puede leerse como otra opción. Todo lo demás lo fija este módulo.
+Sólo llegan a yt-dlp la URL, ``format``, ``playlist``, ``max_bytes`` y las cabeceras de
+``forward_headers`` de un trabajo. ``format`` y ``max_bytes`` van como un único elemento de argv
+(``--opción=valor``): nada de un trabajo puede leerse como otra opción. La URL y las cabeceras no
+van en argv (lo ve cualquiera con ``ps``): van en archivos 0600 del directorio aislado
+(``inputs``), que argv sólo nombra. Todo lo demás lo fija este módulo.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from daemon.downloaders.base import DownloadOptions
+from daemon.downloaders.ytdlp.inputs import write_inputs
 from daemon.downloaders.ytdlp.names import ITEM_TEMPLATE, SINGLE_TEMPLATE
 
 __all__ = [
@@ -49,11 +52,13 @@ def build_argv(
     deno: str | None = None,
     concurrent_fragments: int = 1,
 ) -> list[str]:
-    """Argumentos de yt-dlp para un trabajo (sin el intérprete). La URL va la última, tras ``--``.
+    """Argumentos de yt-dlp para un trabajo (sin el intérprete).
 
-    Cada valor que viene del trabajo es un único elemento de argv en la forma ``--opción=valor``,
-    así que nunca puede leerse como otra opción. ``ffmpeg`` y ``deno`` son las rutas de
-    ``tools`` (None: yt-dlp busca por su cuenta); el nombre de salida es fijo (``names``).
+    Escribe antes los archivos de la URL y de las cabeceras en el directorio aislado
+    (``inputs.write_inputs``): argv sólo los nombra (``--batch-file``, ``--config-locations``).
+    Cada otro valor que viene del trabajo es un único elemento de argv en la forma
+    ``--opción=valor``, así que nunca puede leerse como otra opción. ``ffmpeg`` y ``deno`` son las
+    rutas de ``tools`` (None: yt-dlp busca por su cuenta); el nombre de salida es fijo (``names``).
     """
     if options.output_path is None:
         raise ValueError("options.output_path is not set; run the download through DownloadLifecycle")
@@ -100,7 +105,11 @@ def build_argv(
         argv.append(f"--js-runtimes=deno:{deno}")
     if options.format:
         argv.append(f"--format={options.format}")
-    argv += ["--", options.url]
+    url_file, config_file = write_inputs(options)
+    if config_file is not None:
+        # Con --ignore-config, yt-dlp sólo carga los archivos que nombra --config-locations.
+        argv.append(f"--config-locations={config_file}")
+    argv.append(f"--batch-file={url_file}")
     return argv
 
 

@@ -25,13 +25,14 @@ from daemon.downloaders.base import (
 from daemon.downloaders.ytdlp.argv import build_argv
 from daemon.downloaders.ytdlp.errors import classify_failure
 from daemon.downloaders.ytdlp.extractors import known_claim, ytdlp_version
+from daemon.downloaders.ytdlp.inputs import withheld_headers
 from daemon.downloaders.ytdlp.output import RunState, SizeLimitHit, clean_line, consume
 from daemon.downloaders.ytdlp.preflight import check_job_url, refuse_private_host
 from daemon.downloaders.ytdlp.process import ExitInfo, Running, start_subprocess
 from daemon.downloaders.ytdlp.result import build_result, checked_paths
 from daemon.downloaders.ytdlp.tools import find_deno, find_ffmpeg
 from daemon.downloaders.ytdlp.zygote_client import ZygoteClient, ZygoteUnavailable
-from daemon.events import get_logger
+from daemon.events import get_logger, redact
 
 __all__ = ["YtdlpDownloader"]
 
@@ -104,6 +105,10 @@ class YtdlpDownloader:
         known = known_claim(options.url)
         if known:
             started_event["extractor"] = known
+        withheld = withheld_headers(options)
+        if withheld:
+            # Sólo irían al origen de la URL, y yt-dlp no puede limitarlas a él (``inputs``).
+            started_event["withheld_headers"] = withheld
         _log.info("ytdlp.started", correlation_id=cid, **started_event)
 
         state = RunState(options.max_bytes, progress)
@@ -177,7 +182,7 @@ class YtdlpDownloader:
         extra: dict[str, Any] = {"ytdlp_version": version, "extractor": state.extractor,
                                  "ytdlp_mode": run.mode}
         if state.media_id:
-            extra["media_id"] = state.media_id
+            extra["media_id"] = redact(state.media_id)
         if run.exit_info is not None and run.exit_info.cpu_s is not None:
             extra["ytdlp_cpu_s"] = run.exit_info.cpu_s
         try:

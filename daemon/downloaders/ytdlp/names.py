@@ -9,13 +9,22 @@ El nombre público se decide aquí:
   mp4 -> ``clip.webm.mp4``);
 - si no: el título del vídeo saneado (``daemon.names.safe_name``) más la extensión; sin título,
   el id del medio; sin nada, ``video``.
+
+El extractor genérico de yt-dlp saca el id (y a veces el título) del último tramo de la URL, con
+su consulta: ``/download?token=SECRETO`` da el id ``download?token=SECRETO``. ``without_query``
+corta esa cola antes de que llegue a un nombre, a un registro o a un evento.
 """
 
 from __future__ import annotations
 
+import re
+
 from daemon.names import MAX_NAME_BYTES, safe_name
 
-__all__ = ["ITEM_TEMPLATE", "SINGLE_TEMPLATE", "published_name"]
+__all__ = ["ITEM_TEMPLATE", "SINGLE_TEMPLATE", "published_name", "without_query"]
+
+# Una consulta de URL: "?" seguido de un parámetro ``nombre=`` (sin espacios) hasta el final.
+_QUERY_TAIL = re.compile(r"\?[^\s?=&#]*=[^\s]*$")
 
 SINGLE_TEMPLATE = "media.%(ext)s"
 ITEM_TEMPLATE = "item-%(autonumber)05d.%(ext)s"
@@ -30,6 +39,14 @@ def published_name(filename: str | None, title: str | None, media_id: str | None
         return _fit(filename, suffix)
     base = safe_name(title or media_id or "video", fallback="video")
     return _fit(base, suffix)
+
+
+def without_query(text: str) -> str:
+    """``text`` sin una cola de consulta de URL (``download?token=x`` -> ``download``).
+
+    Sólo se corta si lo que sigue a ``?`` parece ``nombre=valor`` sin espacios, así que un título
+    como ``Why? A talk`` queda igual. Puede quedar vacío: quien llama usa entonces su respaldo."""
+    return _QUERY_TAIL.sub("", text).rstrip()
 
 
 def _fit(stem: str, suffix: str) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 from daemon.downloaders.base import ProgressCallback
 from daemon.downloaders.ytdlp.argv import FILE_MARK, INFO_MARK, PROGRESS_MARK
+from daemon.downloaders.ytdlp.names import without_query
 from daemon.events import redact
 
 __all__ = ["STDERR_TAIL_LINES", "RunState", "SizeLimitHit", "clean_line", "consume", "lines"]
@@ -58,12 +59,13 @@ class RunState:
             self._on_progress(_json_or_empty(line[len(PROGRESS_MARK):]))
         elif line.startswith(FILE_MARK):
             data = _json_or_empty(line[len(FILE_MARK):])
+            _drop_queries(data)
             if isinstance(data.get("filepath"), str):
                 self.files.append(data["filepath"])
                 self.file_info.append(data)
             self._on_info(data)
         elif line.startswith(INFO_MARK):
-            self._on_info(_json_or_empty(line[len(INFO_MARK):]))
+            self._on_info(_drop_queries(_json_or_empty(line[len(INFO_MARK):])))
         elif line.strip():
             self.screen_tail.append(clean_line(line))
 
@@ -86,6 +88,15 @@ class RunState:
             raise SizeLimitHit(max(seen, base + (total or 0)))
         if self.progress is not None:
             self.progress(seen, base + estimate if estimate else None)
+
+
+def _drop_queries(data: dict[str, Any]) -> dict[str, Any]:
+    """Quita la consulta de URL que el extractor genérico deja en ``id`` y ``title`` (``names``)."""
+    for key in ("id", "title"):
+        value = data.get(key)
+        if isinstance(value, str):
+            data[key] = without_query(value)
+    return data
 
 
 async def consume(stdout: asyncio.StreamReader, stderr: asyncio.StreamReader, state: RunState) -> None:
