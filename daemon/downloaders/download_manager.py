@@ -285,7 +285,8 @@ class DownloadManager:
     async def _run(self, task: DownloadTask) -> None:
         bind_correlation_id(task.correlation_id)
         try:
-            task.result = await task.lifecycle.execute(self._job_path(task), self._progress_callback(task))
+            progress = progress_reporter(task, lambda: self.progress_interval)
+            task.result = await task.lifecycle.execute(self._job_path(task), progress)
             task.state = TaskState.SUCCEEDED
         except asyncio.CancelledError:
             if task.concluded:  # ya registrado (publicado, o cancelado antes de su evento): no cambia
@@ -307,13 +308,9 @@ class DownloadManager:
 
     @staticmethod
     def _log_failed_outside_lifecycle(task: DownloadTask) -> None:
-        """``job.failed`` si el fallo no lo registró ya el ciclo de vida (al crear el directorio
-        aislado): toda secuencia de eventos de un trabajo acaba en un evento terminal."""
+        """``job.failed`` si el ciclo de vida no lo emitió (fallo al crear el directorio aislado)."""
         if task.lifecycle.state is not LifecycleState.FAILED:
             _log.error("job.failed", correlation_id=task.correlation_id, attempt=task.attempt, error=task.error)
-
-    def _progress_callback(self, task: DownloadTask) -> Callable[[int, int | None], None]:
-        return progress_reporter(task, lambda: self.progress_interval)
 
     # --- el camino de un trabajo, paso a paso ---------------------------------------------------
     def _job_path(self, task: DownloadTask) -> Callable[..., Any]:
