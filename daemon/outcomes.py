@@ -70,10 +70,11 @@ class Outcomes:
 
     # --- trabajos que no llegan a correr --------------------------------------------------
     def cancelled_before_start(self, claimed: ClaimedJob) -> None:
-        _log.warning("job.cancelled", correlation_id=claimed.id, attempt=0, while_state="incoming",
-                     cancelled_by=claimed.cancelled_by)
+        # El registro, durable antes del evento terminal (un corte de luz no deja un desenlace falso).
         self.write_terminal(claimed, "cancelled", None,
                             {"kind": "cancelled", "message": "cancelled before it started"})
+        _log.warning("job.cancelled", correlation_id=claimed.id, attempt=0, while_state="incoming",
+                     cancelled_by=claimed.cancelled_by)
         self.spool.release(claimed.name)
         self.spool.consume_cancel(claimed.id)
         self.counts["cancelled"] += 1

@@ -247,11 +247,7 @@ def unpublish(path: Path, fsync: bool = True) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
         if fsync:
-            dir_fd = os.open(path.parent, DIR_FLAGS)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            fsync_dir(path.parent)
 
 
 def sweep_staging(output_root: Path, max_age: float = 0.0) -> int:

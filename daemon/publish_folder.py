@@ -26,6 +26,7 @@ import orjson
 
 from daemon.dirlock import DIR_FLAGS
 from daemon.downloaders.base import StorageError
+from daemon.durable import fsync_dir
 from daemon.naming import numbered_names
 from daemon.publish import STAGING_DIR, open_output_dir, open_staging
 from daemon.sha import file_sha256
@@ -148,11 +149,7 @@ def unpublish_folder(path: Path, fsync: bool = True) -> None:
     with contextlib.suppress(OSError):
         shutil.rmtree(path)
         if fsync:
-            fd = os.open(path.parent, DIR_FLAGS)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_dir(path.parent)
 
 
 def recover_folder(marker: Path) -> Path | None:

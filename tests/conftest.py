@@ -102,3 +102,14 @@ def test_server() -> Iterator[TestServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def wheelhouse() -> Path:
+    """Ruedas para instalar sin red dentro de los contenedores de systemd (caché en ~/.cache)."""
+    from tests.support.nspawn import build_wheelhouse
+
+    try:
+        return build_wheelhouse(REPO_ROOT, Path.home() / ".cache" / "videonote-dl-tests")
+    except RuntimeError as exc:
+        pytest.fail(f"could not prepare the offline wheelhouse: {exc}")

@@ -98,8 +98,13 @@ def test_live_daemon_requeues_a_dead_peers_claims(tmp_path: Path, test_server: T
 
 
 def _inotify_fds(pid: int) -> int:
-    fds = Path(f"/proc/{pid}/fd")
-    return sum(1 for fd in fds.iterdir() if "inotify" in os.readlink(fd))
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += "inotify" in os.readlink(fd)
+        except FileNotFoundError:  # un descriptor que se cerró mientras se listaba
+            continue
+    return count
 
 
 def _ts(event: dict[str, Any]) -> float:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.nspawn import Container, ContainerError, build_wheelhouse, nspawn_unavailable_reason
+from tests.support.nspawn import Container, ContainerError, nspawn_unavailable_reason
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = "videonote-dl.service"
@@ -79,15 +79,6 @@ def _run_probe(c: Container, name: str, text: str) -> tuple[str, str]:
     time.sleep(0.2)  # journald recibe las últimas líneas por su propio socket
     output = c.run("journalctl", "-u", f"{name}.service", "--no-pager", "-o", "cat", check=False).stdout
     return result, output
-
-
-@pytest.fixture(scope="module")
-def wheelhouse() -> Path:
-    cache = Path.home() / ".cache" / "videonote-dl-tests"
-    try:
-        return build_wheelhouse(REPO, cache)
-    except RuntimeError as exc:
-        pytest.fail(f"could not prepare the offline wheelhouse: {exc}")
 
 
 def test_sandbox_of_keeps_the_hardening_and_drops_the_service_plumbing() -> None:

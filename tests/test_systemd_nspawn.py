@@ -39,7 +39,6 @@ from tests.conftest import check_event_line
 from tests.support.nspawn import (
     Container,
     ContainerError,
-    build_wheelhouse,
     nspawn_unavailable_reason,
     pattern_bytes,
 )
@@ -101,16 +100,6 @@ def _postrotate_script() -> str:
     match = re.search(r"^\s*postrotate\s*$(.*?)^\s*endscript\s*$", text, re.MULTILINE | re.DOTALL)
     assert match, "no postrotate block in systemd/videonote-dl.logrotate"
     return match.group(1).strip()
-
-
-@pytest.fixture(scope="module")
-def wheelhouse() -> Path:
-    """Ruedas para instalar sin red dentro del contenedor (caché en ~/.cache)."""
-    cache = Path.home() / ".cache" / "videonote-dl-tests"
-    try:
-        return build_wheelhouse(REPO, cache)
-    except RuntimeError as exc:
-        pytest.fail(f"could not prepare the offline wheelhouse: {exc}")
 
 
 def test_service_lifecycle_under_real_systemd(wheelhouse: Path, event_vocabulary: frozenset[str]) -> None:

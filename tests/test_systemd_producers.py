@@ -43,7 +43,6 @@ from tests.conftest import check_event_line
 from tests.support.nspawn import (
     Container,
     ContainerError,
-    build_wheelhouse,
     nspawn_unavailable_reason,
     pattern_bytes,
 )
@@ -59,16 +58,8 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def wheels() -> Path:
-    try:
-        return build_wheelhouse(REPO, Path.home() / ".cache" / "videonote-dl-tests")
-    except RuntimeError as exc:
-        pytest.fail(f"could not prepare the offline wheelhouse: {exc}")
-
-
-def test_hostile_producers_under_real_systemd(wheels: Path, event_vocabulary: frozenset[str]) -> None:
-    container = Container(binds=[(REPO, "/opt/src"), (wheels, "/opt/wheelhouse")])
+def test_hostile_producers_under_real_systemd(wheelhouse: Path, event_vocabulary: frozenset[str]) -> None:
+    container = Container(binds=[(REPO, "/opt/src"), (wheelhouse, "/opt/wheelhouse")])
     with container as c:
         assert c.boot_state == "running", f"container booted {c.boot_state!r}:\n{c.boot_log()}"
         try:

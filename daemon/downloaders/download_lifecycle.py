@@ -177,6 +177,10 @@ class DownloadLifecycle:
         self.isolated = IsolatedDownload(self.correlation_id, base_temp_dir)
         self.record = LifecycleRecord(self.correlation_id, created_at=time.time())
         self._keep_on_cancel = False
+        # Llamado con el registro ya final (failed/cancelled) ANTES de emitir su evento terminal: quien
+        # guarda el desenlace (el gestor: el registro terminal, con fsync) lo hace durable primero, así
+        # que un corte de luz nunca deja en el registro de eventos un desenlace que luego no ocurrió.
+        self.before_terminal_event: Callable[[LifecycleRecord], None] | None = None
 
     @property
     def state(self) -> LifecycleState:
@@ -271,6 +275,7 @@ class DownloadLifecycle:
         self.record.state = LifecycleState.FAILED
         self.record.finished_at = time.time()
         self.record.error = error_record(exc)
+        self._before_terminal_event()
         _log.error("job.failed", correlation_id=self.correlation_id, attempt=self.record.attempt,
                    error=self.record.error)
         self._close_isolated(self.cleanup_on_failure)
@@ -278,8 +283,17 @@ class DownloadLifecycle:
     def _finish_cancelled(self) -> None:
         self.record.state = LifecycleState.CANCELLED
         self.record.finished_at = time.time()
+        self._before_terminal_event()
         _log.warning("job.cancelled", correlation_id=self.correlation_id, attempt=self.record.attempt)
         self.isolated.cleanup()
+
+    def _before_terminal_event(self) -> None:
+        if self.before_terminal_event is not None:
+            try:
+                self.before_terminal_event(self.record)
+            except Exception as exc:  # el desenlace se registra igual (más tarde) en quien lo guarda
+                _log.error("daemon.error", correlation_id=self.correlation_id, where="before_terminal_event",
+                           error=repr(exc))
 
     def _finish_interrupted(self) -> None:
         self.record.state = LifecycleState.INTERRUPTED

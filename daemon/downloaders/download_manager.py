@@ -40,7 +40,7 @@ from daemon.downloaders.base import (
     UnsupportedUrl,
     error_record,
 )
-from daemon.downloaders.download_lifecycle import DownloadLifecycle, LifecycleState, safe_filename_in
+from daemon.downloaders.download_lifecycle import DownloadLifecycle, LifecycleRecord, LifecycleState, safe_filename_in
 from daemon.downloaders.download_task import CancelResult, DownloadTask, RetryPolicy, TaskState
 from daemon.downloaders.fair_queue import FairQueue
 from daemon.downloaders.job_finish import Finisher
@@ -139,6 +139,8 @@ class DownloadManager:
             correlation_id, options, lifecycle, downloader=downloader, priority=priority, seq=next(self._seq),
             retry=retry or RetryPolicy(), output_subdir=output_subdir, owner=owner,
         )
+        # El registro terminal de un fallo o una cancelación, durable antes de su evento terminal.
+        lifecycle.before_terminal_event = lambda record: self._conclude_from_lifecycle(task, record)
         self.tasks[correlation_id] = task
         self._heap.push(task)
         self._idle.clear()
@@ -166,6 +168,7 @@ class DownloadManager:
             task.finished_at = time.time()
             # El mismo error que una cancelación en curso: el registro terminal dice el motivo.
             task.error = {"kind": "cancelled", "message": "cancelled on request while queued"}
+            self._conclude(task)  # el registro, durable antes del evento terminal
             _log.warning("job.cancelled", correlation_id=correlation_id, attempt=0, while_state="queued")
             self._settle(task)
             return CancelResult.CANCELLED
@@ -268,21 +271,34 @@ class DownloadManager:
         except Exception as exc:
             _log.error("daemon.error", correlation_id=task.correlation_id, where="on_outcome", error=repr(exc))
 
+    def _conclude_from_lifecycle(self, task: DownloadTask, record: LifecycleRecord) -> None:
+        """El ciclo de vida terminó en failed o cancelled: el desenlace se registra ya, antes de su evento."""
+        if task.concluded or task.interrupt:
+            return
+        if record.state is LifecycleState.CANCELLED:
+            task.state, task.error = TaskState.CANCELLED, {"kind": "cancelled", "message": "cancelled on request"}
+        else:
+            task.state, task.error = TaskState.FAILED, record.error
+        task.finished_at = time.time()
+        self._conclude(task)
+
     async def _run(self, task: DownloadTask) -> None:
         bind_correlation_id(task.correlation_id)
         try:
-            task.result = await task.lifecycle.execute(self._job_path(task), self._progress_callback(task))
+            progress = progress_reporter(task, lambda: self.progress_interval)
+            task.result = await task.lifecycle.execute(self._job_path(task), progress)
             task.state = TaskState.SUCCEEDED
         except asyncio.CancelledError:
-            if task.concluded:  # defensa: publicado y registrado, nada puede deshacerlo
-                task.state = TaskState.SUCCEEDED
+            if task.concluded:  # ya registrado (publicado, o cancelado antes de su evento): no cambia
+                pass
             else:
                 task.state = TaskState.INTERRUPTED if task.interrupt else TaskState.CANCELLED
                 task.error = ({"kind": "interrupted", "message": "stopped by the daemon's shutdown"} if task.interrupt
                               else {"kind": "cancelled", "message": "cancelled on request"})
         except Exception as exc:
-            task.state, task.error = TaskState.FAILED, error_record(exc)
-            if task.error["kind"] == "internal":
+            if not task.concluded:
+                task.state, task.error = TaskState.FAILED, error_record(exc)
+            if task.error is not None and task.error["kind"] == "internal":
                 _log.exception("daemon.error", where="download", error=repr(exc))
             self._log_failed_outside_lifecycle(task)
         finally:
@@ -292,13 +308,9 @@ class DownloadManager:
 
     @staticmethod
     def _log_failed_outside_lifecycle(task: DownloadTask) -> None:
-        """``job.failed`` si el fallo no lo registró ya el ciclo de vida (al crear el directorio
-        aislado): toda secuencia de eventos de un trabajo acaba en un evento terminal."""
+        """``job.failed`` si el ciclo de vida no lo emitió (fallo al crear el directorio aislado)."""
         if task.lifecycle.state is not LifecycleState.FAILED:
             _log.error("job.failed", correlation_id=task.correlation_id, attempt=task.attempt, error=task.error)
-
-    def _progress_callback(self, task: DownloadTask) -> Callable[[int, int | None], None]:
-        return progress_reporter(task, lambda: self.progress_interval)
 
     # --- el camino de un trabajo, paso a paso ---------------------------------------------------
     def _job_path(self, task: DownloadTask) -> Callable[..., Any]:
