@@ -675,18 +675,6 @@ def test_pick_downloader_without_network_or_processes() -> None:
     print(f"pick_downloader: first call {first * 1000:.0f} ms, then {later * 1000:.2f} ms per URL")
 
 
-def test_ytdlp_is_not_imported_at_daemon_import_time() -> None:
-    code = (
-        "import sys, daemon, daemon.downloaders, daemon.downloaders.ytdlp\n"
-        "print('yt_dlp' in sys.modules)\n"
-        "daemon.downloaders.ytdlp.pick_downloader('https://example.org/a.bin')\n"
-        "print('yt_dlp' in sys.modules)\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["False", "False"]  # la tabla de extractores se hace en un hijo
-
-
 # --- clasificación (mensajes reales de yt-dlp) ----------------------------------------------------
 @pytest.mark.parametrize(("line", "expected", "transient"), [
     ("ERROR: [generic] gone: Unable to download webpage: HTTP Error 404: Not Found (caused by <HTTPError 404: "
