@@ -25,10 +25,13 @@ run: $(STAMP)
 demo: $(STAMP)
 	@$(VENV)/bin/videonote-dl demo --config config.yaml
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist): most tests wait on daemons, servers
+# and containers rather than the CPU. The systemd container tests stay in one process.
+TEST_WORKERS ?= 3
 test: $(STAMP)
 	$(VENV)/bin/ruff check daemon tests bench
 	$(VENV)/bin/mypy
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check daemon tests bench

@@ -113,3 +113,12 @@ def wheelhouse() -> Path:
         return build_wheelhouse(REPO_ROOT, Path.home() / ".cache" / "videonote-dl-tests")
     except RuntimeError as exc:
         pytest.fail(f"could not prepare the offline wheelhouse: {exc}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Con pytest-xdist (``make test`` corre la suite en varios procesos): las pruebas que arrancan
+    un systemd en un contenedor van todas al mismo proceso, una tras otra (``--dist loadgroup``),
+    para que nunca arranquen dos contenedores a la vez en una máquina de dos núcleos."""
+    for item in items:
+        if item.get_closest_marker("systemd") is not None:
+            item.add_marker(pytest.mark.xdist_group("systemd"))
