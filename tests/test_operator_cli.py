@@ -177,13 +177,15 @@ def test_retry_of_a_succeeded_job_names_its_done_record(tmp_path: Path, test_ser
 
 # --- status --watch: nunca más de ~1 s de retraso --------------------------------------------
 def test_status_file_is_refreshed_every_second_while_downloading(tmp_path: Path, test_server: TestServer) -> None:
-    url = test_server.add("/w.bin", Behavior(data=b"w" * 5_000_000, rate=1_000_000, chunk=50_000))
+    url = test_server.add("/w.bin", Behavior(data=b"w" * 8_000_000, rate=1_000_000, chunk=50_000))
     with DaemonProcess(tmp_path) as daemon:
         daemon.drop_job({"url": url, "id": "w-1"})
 
         def running() -> dict | None:
+            # Con bytes ya recibidos: el primer trabajo ``auto`` decide su descargador (la tabla de
+            # extractores, en un proceso hijo) ya en marcha, y con la máquina cargada eso tarda segundos.
             status = orjson.loads(daemon.status_file.read_bytes())
-            return status if status["running"] else None
+            return status if status["running"] and status["running"][0]["bytes"] > 0 else None
 
         wait_until(running, 20, interval=0.05, what="w-1 running")
         writes: list[tuple[float, int]] = []  # (cuándo se vio una foto nueva, bytes de w-1)

@@ -80,7 +80,7 @@ def test_manifest_url_with_auto_goes_to_ytdlp_and_is_merged(kind: str, path: str
         _assert_av(published, media.duration)
         routed = d.events(f"m-{kind}", "job.routed")
         assert routed and routed[0]["downloader"] == "ytdlp" and routed[0]["rule"] == "suffix"
-        assert d.temp_dirs() == []
+        d.wait_temp_dirs_gone()
 
 
 def test_manifest_without_suffix_is_routed_by_content_type(media: MediaSet, server: TestServer,
@@ -153,7 +153,7 @@ def test_postprocess_failure_fails_the_job_with_the_stderr_tail(server: TestServ
         finished = d.events("pp-bad", "job.postprocess_finished")
         assert finished[0]["outcome"] == "failed" and "boom: bad input" in finished[0]["stderr_tail"]
         assert not any(p for p in (d.base / "out").rglob("*") if p.is_file())  # nada publicado
-        assert d.temp_dirs() == []
+        d.wait_temp_dirs_gone()
 
 
 def test_unknown_postprocess_profile_is_rejected_listing_the_known_ones(server: TestServer, tmp_path: Path) -> None:
@@ -190,7 +190,7 @@ def test_cancel_kills_the_postprocess_process_group(server: TestServer, tmp_path
         wait_until(lambda: all(gone(p) for p in group), timeout=15, what="post-process group killed")
         finished = d.events("pp-hang", "job.postprocess_finished")
         assert finished and finished[0]["outcome"] == "cancelled"
-        assert d.temp_dirs() == []
+        d.wait_temp_dirs_gone()
 
 
 def _playlist_page(server: TestServer, items: list[str]) -> str:
@@ -216,7 +216,7 @@ def test_playlist_publishes_every_item_in_one_folder(media: MediaSet, server: Te
             assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
             _assert_av(path, media.duration)
         assert not list((d.base / "out" / ".videonote-dl-staging").iterdir())
-        assert d.temp_dirs() == []
+        d.wait_temp_dirs_gone()
 
 
 def test_playlist_with_a_failed_item_publishes_nothing(server: TestServer, tmp_path: Path) -> None:
@@ -228,7 +228,7 @@ def test_playlist_with_a_failed_item_publishes_nothing(server: TestServer, tmp_p
         assert kind == "failed", record
         assert not (d.base / "out" / "pl-bad").exists()
         assert not [p for p in (d.base / "out").rglob("*") if p.is_file()]
-        assert d.temp_dirs() == []
+        d.wait_temp_dirs_gone()
 
 
 def test_fragmented_download_resumes_after_sigkill(tmp_path: Path) -> None:

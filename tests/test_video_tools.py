@@ -180,5 +180,5 @@ def test_cancel_kills_the_ffmpeg_that_ytdlp_starts_to_merge(tmp_path: Path) -> N
         assert not Path(f"/proc/{ffmpeg_pid}").exists() or "Z" in Path(f"/proc/{ffmpeg_pid}/stat").read_text()
         finished = d.events("merge-1", "ytdlp.finished")
         assert finished and finished[-1]["outcome"] == "cancelled" and finished[-1]["killed"], finished
-        assert d.temp_dirs() == []
+        d.wait_temp_dirs_gone()
         assert not [p for p in d.output.rglob("*") if p.is_file()]

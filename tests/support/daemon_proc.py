@@ -188,6 +188,15 @@ class DaemonProcess:
     def temp_dirs(self) -> list[str]:
         return sorted(p.name for p in self.temp_root.glob("videonote_dl_*")) if self.temp_root.exists() else []
 
+    def wait_temp_dirs_gone(self, timeout: float = 15) -> None:
+        """Espera a que no quede ningún directorio aislado: el registro terminal se escribe antes de
+        borrar el del trabajo, así que justo tras ``wait_record`` aún puede existir un instante."""
+        deadline = time.monotonic() + timeout
+        while self.temp_dirs():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"temp dirs left {timeout:.0f}s after the outcome: {self.temp_dirs()}")
+            time.sleep(0.02)
+
     def active_files(self) -> list[str]:
         active = self.spool / "active"
         return sorted(str(p.relative_to(active)) for p in active.rglob("*") if p.is_file()) if active.exists() else []
