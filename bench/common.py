@@ -108,6 +108,11 @@ def run_paired(
     return results
 
 
+def ratios_to(daemon: list[Measurement], tool: list[Measurement], key: str = "wall") -> list[float]:
+    """Razones ronda a ronda daemon / herramienta (el método de los bancos: misma ronda, misma carga)."""
+    return [dm[key] / m[key] for dm, m in zip(daemon, tool, strict=True)]
+
+
 # --- filas, objetivos, escenarios -------------------------------------------------------------
 @dataclass(slots=True)
 class Row:

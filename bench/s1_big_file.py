@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 
-from bench.common import Measurement, Row, ScenarioResult, Target, median, run_paired
+from bench.common import Measurement, Row, ScenarioResult, Target, median, ratios_to, run_paired
 from bench.context import BenchContext
 from bench.daemon_runner import REPO, BenchDaemon, job_yaml
 from bench.infra import run_tool
@@ -123,7 +123,7 @@ def run(ctx: BenchContext) -> ScenarioResult:
     d = raw["daemon"]
     for name, values in raw.items():
         walls = [m["wall"] for m in values]
-        ratios = None if name == "daemon" else [dm["wall"] / m["wall"] for dm, m in zip(d, values, strict=True)]
+        ratios = None if name == "daemon" else ratios_to(d, values)
         result.rows.append(Row(name, "wall", "s", walls, ratios))
     for name, values in raw.items():
         result.rows.append(Row(name, "throughput", "MB/s", [size / MB / m["wall"] for m in values]))

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import Measurement, Row, ScenarioResult, Target, median, run_paired
+from bench.common import Measurement, Row, ScenarioResult, Target, median, ratios_to, run_paired
 from bench.context import BenchContext
 from bench.daemon_runner import BenchDaemon, job_yaml
 from bench.infra import run_tool
@@ -110,7 +110,7 @@ def run(ctx: BenchContext) -> ScenarioResult:
     )
     d = raw["daemon"]
     for name, values in raw.items():
-        ratios = None if name == "daemon" else [dm["wall"] / m["wall"] for dm, m in zip(d, values, strict=True)]
+        ratios = None if name == "daemon" else ratios_to(d, values)
         result.rows.append(Row(name, "wall", "s", [m["wall"] for m in values], ratios))
     for name, values in raw.items():
         result.rows.append(Row(name, "throughput", "files/s", [m["files_per_s"] for m in values]))
@@ -123,7 +123,7 @@ def run(ctx: BenchContext) -> ScenarioResult:
     aria = raw.get("aria2c -i list -j 8")
     if aria:
         # files/s del daemon >= files/s de aria2c  <=>  razón de tiempos daemon/aria2c <= 1.
-        ratio = median([dm["wall"] / m["wall"] for dm, m in zip(d, aria, strict=True)])
+        ratio = median(ratios_to(d, aria))
         result.targets.append(Target(f"{n:,} small jobs: wall vs aria2c (files/s at least aria2c's)", ratio, 1.0,
                                      "x", detail=f"daemon {median([m['files_per_s'] for m in d]):.0f} files/s, "
                                      f"aria2c {median([m['files_per_s'] for m in aria]):.0f} files/s"))

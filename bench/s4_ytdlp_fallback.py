@@ -13,7 +13,7 @@ import shutil
 import sys
 import time
 
-from bench.common import Measurement, Row, ScenarioResult, Target, median, run_paired
+from bench.common import Measurement, Row, ScenarioResult, Target, median, ratios_to, run_paired
 from bench.context import BenchContext
 from bench.daemon_runner import BenchDaemon, job_yaml
 from bench.infra import run_tool
@@ -85,10 +85,10 @@ def run(ctx: BenchContext) -> ScenarioResult:
         return result
     result.rows.append(Row("daemon", "CPU per job", "s", [m["cpu_per_job"] for m in d]))
     result.rows.append(Row("python -m yt_dlp", "CPU per job", "s", [m["cpu_per_job"] for m in c],
-                           [dm["cpu_per_job"] / cm["cpu_per_job"] for dm, cm in zip(d, c, strict=True)]))
+                           ratios_to(d, c, "cpu_per_job")))
     result.rows.append(Row("daemon", f"wall for {per_round} jobs", "s", [m["wall"] for m in d]))
     result.rows.append(Row("python -m yt_dlp", f"wall for {per_round} runs", "s", [m["wall"] for m in c],
-                           [dm["wall"] / cm["wall"] for dm, cm in zip(d, c, strict=True)]))
+                           ratios_to(d, c)))
     result.targets.append(Target("yt-dlp CPU per job (daemon)", median([m["cpu_per_job"] for m in d]),
                                  TARGET_CPU_S, "s"))
     result.raw = {"measurements": raw}

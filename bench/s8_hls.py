@@ -24,7 +24,7 @@ from pathlib import Path
 
 import orjson
 
-from bench.common import RAW_DIR, Measurement, Row, ScenarioResult, Target, log, median, run_paired
+from bench.common import RAW_DIR, Measurement, Row, ScenarioResult, Target, log, median, ratios_to, run_paired
 from bench.context import BenchContext
 from bench.daemon_runner import BenchDaemon, job_yaml
 from bench.infra import run_tool
@@ -201,7 +201,7 @@ def run(ctx: BenchContext) -> ScenarioResult:
     tool_names = ["yt-dlp", "yt-dlp -N 8"]
     for name, values in raw.items():
         walls = [m["wall"] for m in values]
-        ratios = None if name == "daemon" else [dm["wall"] / m["wall"] for dm, m in zip(d, values, strict=True)]
+        ratios = None if name == "daemon" else ratios_to(d, values)
         result.rows.append(Row(name, "wall", "s", walls, ratios,
                                note="informative: the daemon's yt-dlp settings" if name == tuned else ""))
     for name, values in raw.items():

@@ -91,8 +91,8 @@ class DownloaderRegistry:
         return downloader
 
     async def _warm_extractor_index(self) -> None:
-        """Carga el índice de extractores de yt-dlp fuera del bucle (~0,4-1 s una vez por proceso),
-        justo antes del primer trabajo: el daemon ocioso no paga esa memoria."""
+        """Prepara la tabla de extractores de yt-dlp fuera del bucle (un proceso hijo, ~1,4 s una vez),
+        justo antes del primer trabajo ``auto``: el daemon ocioso no paga ni ese tiempo ni esa memoria."""
         from daemon.downloaders.ytdlp import preload_extractors
 
         try:

@@ -154,11 +154,10 @@ class HttpDownloader:
         restarted: str | None = None
         while True:
             response = await self._open(session, options, offset, meta, timeout)
-            if options.route_manifests:
-                content_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-                if content_type in MANIFEST_CONTENT_TYPES:
-                    response.release()  # ni un byte del cuerpo: lo descarga yt-dlp
-                    raise RouteToYtdlp(content_type)
+            # ``content_type`` de aiohttp: el tipo sin parámetros, en minúsculas.
+            if options.route_manifests and response.content_type in MANIFEST_CONTENT_TYPES:
+                response.release()  # ni un byte del cuerpo: lo descarga yt-dlp
+                raise RouteToYtdlp(response.content_type)
             why = resume_refused(response, offset, meta) if offset else None
             if why is None:
                 break

@@ -191,11 +191,8 @@ class DaemonProcess:
     def wait_temp_dirs_gone(self, timeout: float = 15) -> None:
         """Espera a que no quede ningún directorio aislado: el registro terminal se escribe antes de
         borrar el del trabajo, así que justo tras ``wait_record`` aún puede existir un instante."""
-        deadline = time.monotonic() + timeout
-        while self.temp_dirs():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"temp dirs left {timeout:.0f}s after the outcome: {self.temp_dirs()}")
-            time.sleep(0.02)
+        wait_until(lambda: not self.temp_dirs(), timeout, interval=0.02,
+                   what="the job's temp dir to go after its outcome")
 
     def active_files(self) -> list[str]:
         active = self.spool / "active"
