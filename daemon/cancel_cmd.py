@@ -47,6 +47,14 @@ def _marker_owner(marker: Path) -> int | None:
         return None
 
 
+def _marker_mtime(marker: Path) -> float:
+    """El mtime del marcador recién puesto (ahora, si ya no está)."""
+    try:
+        return os.stat(marker, follow_symlinks=False).st_mtime
+    except OSError:
+        return time.time()
+
+
 def _place_marker(settings: Settings, job_id: str) -> bool:
     """Deja ``cancel/<id>``; si hay uno de otro usuario, espera a que el daemon lo atienda.
     False si sigue ahí (el daemon no lo retira)."""
@@ -106,6 +114,10 @@ def cmd_cancel(settings: Settings, job_id: str, timeout: float, alive: Callable[
     # El registro terminal dice qué pasó. Pasado el punto de no retorno (publicando) la
     # cancelación llega tarde y el trabajo termina succeeded.
     marker = settings.spool_dir / "cancel" / job_id
+    # El daemon retira por caducidad el marcador de un id que nadie tiene cuando su edad (por su mtime)
+    # pasa de ``cancel_ttl``; uno rechazado, en cuanto lo ve. Con el daemon lento o un ttl corto, el
+    # estado puede no llegar a mostrar el id como desconocido: la caducidad también lo dice.
+    expires_at = _marker_mtime(marker) + settings.producers.cancel_ttl
     deadline = time.monotonic() + timeout
     record: Path | None = None
     while time.monotonic() < deadline:
@@ -113,11 +125,15 @@ def cmd_cancel(settings: Settings, job_id: str, timeout: float, alive: Callable[
         if record is not None:
             break
         status = (read_status(settings.status_file) or {}) if status_readable else {}
+        ttl = settings.written.get("producers.cancel_ttl", "5m")
         if job_id in (status.get("cancel_unknown") or ()) and _updated_after(status, placed):
             print(f"no live or queued job {job_id}: nothing to cancel now. The request stays for "
-                  f"producers.cancel_ttl ({settings.written.get('producers.cancel_ttl', '5m')}) and cancels a "
-                  f"job {job_id} of yours that arrives in that time; check the id (`videonote-dl show {job_id}`)",
-                  file=sys.stderr)
+                  f"producers.cancel_ttl ({ttl}) and cancels a job {job_id} of yours that arrives in that time; "
+                  f"check the id (`videonote-dl show {job_id}`)", file=sys.stderr)
+            return EXIT_NOT_FOUND
+        if time.time() > expires_at and _marker_owner(marker) is None and terminal_record(settings, job_id) is None:
+            print(f"no live or queued job {job_id} arrived within producers.cancel_ttl ({ttl}): the request "
+                  f"expired; check the id (`videonote-dl show {job_id}`)", file=sys.stderr)
             return EXIT_NOT_FOUND
         time.sleep(0.05)
     if record is None:

@@ -197,7 +197,7 @@ def test_producer_cli_submit_and_cancel_in_a_maildrop_spool(tmp_path: Path, test
             ["setpriv", f"--reuid={ALICE}", f"--regid={ALICE}", f"--groups={PRODUCERS}", sys.executable, "-m", "daemon",
              *args, "--config", str(daemon.config_path)], capture_output=True, text=True, timeout=60, cwd=repo)
 
-    daemon = DaemonProcess(tmp_path)
+    daemon = DaemonProcess(tmp_path, producers={"cancel_ttl": "1s"})
     previous = os.umask(0o027)  # como UMask= de la unidad: el estado no es legible para otros
     try:
         daemon.start()
@@ -225,6 +225,11 @@ def test_producer_cli_submit_and_cancel_in_a_maildrop_spool(tmp_path: Path, test
             cancelled.stdout, cancelled.stderr)
         folder, record = daemon.wait_record("alice-held", 30)
         assert (record["outcome"], record["cancelled_by"]) == ("cancelled", ALICE)
+        # Un id que nadie tiene: sin el estado, la caducidad del marcador (cancel_ttl) dice que no había
+        # trabajo; no es un rechazo (antes salía con 4, "refused").
+        unknown = alice("cancel", "alice-nosuch", "--timeout", "10")
+        assert unknown.returncode == 3 and "expired" in unknown.stderr, (unknown.stdout, unknown.stderr)
+        assert daemon.events("alice-nosuch", "job.cancel_expired")
     finally:
         hold.set()
         daemon.__exit__(None, None, None)
