@@ -15,8 +15,9 @@
   un enlace simbólico plantado no saca un archivo fuera de la raíz de salida.
 - Recuperación tras una caída: en el mismo sistema de archivos el nombre público comparte el
   inodo con el archivo del directorio aislado (``find_linked_publication``); entre sistemas,
-  el marcador ``.publish.json`` del directorio aislado anota la copia preparada y, después, la
-  ruta publicada (``recover_publication``).
+  el diario ``<id>.publish.json`` de la carpeta de preparación anota, antes de copiar, el inodo de
+  la copia preparada, que el nombre público conserva (``recover_publication``). Lo ve cualquier
+  daemon que publique en esa salida, también el que retoma el trabajo de un host muerto.
 """
 
 from __future__ import annotations
@@ -29,18 +30,17 @@ import secrets
 import shutil
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import orjson
 
 from daemon.dirlock import DIR_FLAGS
 from daemon.downloaders.base import PermanentDownloadError, StorageError
 from daemon.durable import fsync_dir
 from daemon.naming import numbered_names
+from daemon.publish_journal import JournalEntry, journal_job_id, read_journal, write_journal
 
 __all__ = [
-    "PUBLISH_MARKER",
     "STAGING_DIR",
     "PublishedFile",
     "find_linked_publication",
@@ -52,7 +52,6 @@ __all__ = [
     "unpublish",
 ]
 
-PUBLISH_MARKER = ".publish.json"
 STAGING_DIR = ".videonote-dl-staging"
 _STAGED_SUFFIX = ".partial"
 
@@ -97,19 +96,6 @@ def open_output_dir(output_root: Path, subdir: str | None) -> tuple[int, Path]:
     return fd, path
 
 
-def _write_marker(marker: Path, data: dict[str, object]) -> None:
-    """Escribe el marcador de forma atómica y durable (datos con fsync, luego rename y fsync de la carpeta)."""
-    tmp = marker.with_name(marker.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, orjson.dumps(data))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, marker)
-    fsync_dir(marker.parent)
-
-
 def _storage_error(exc: OSError, dir_path: Path) -> StorageError:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return StorageError(f"cannot publish into {dir_path}: {exc.strerror}; make it writable", errno=exc.errno)
@@ -121,12 +107,14 @@ def publish_file(
     output_root: Path,
     subdir: str | None,
     filename: str,
-    marker: Path | None = None,
+    journal: Path | None = None,
     fsync: bool = True,
 ) -> PublishedFile:
     """Publica ``src`` como ``output_root/subdir/filename`` (o un nombre numerado libre).
 
-    Lanza ``StorageError`` (con ``errno``) si no se pudo; entonces la salida queda como estaba.
+    ``journal``: el diario del trabajo en la carpeta de preparación (``publish_journal``); sólo se
+    escribe si hay que copiar (otro sistema de archivos). Lanza ``StorageError`` (con ``errno``) si
+    no se pudo; entonces la salida queda como estaba.
     """
     try:
         dir_fd, dir_path = open_output_dir(output_root, subdir)
@@ -143,7 +131,7 @@ def publish_file(
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-        return _publish_copy(src, output_root, dir_fd, dir_path, filename, marker, fsync)
+        return _publish_copy(src, output_root, dir_fd, dir_path, filename, journal, fsync)
     except OSError as exc:
         raise _storage_error(exc, dir_path) from None
     finally:
@@ -208,7 +196,7 @@ def open_staging(output_root: Path) -> int:
 
 
 def _publish_copy(src: Path, output_root: Path, dir_fd: int, dir_path: Path, filename: str,
-                  marker: Path | None, fsync: bool) -> PublishedFile:
+                  journal: Path | None, fsync: bool) -> PublishedFile:
     """Otro sistema de archivos: copia preparada (O_EXCL, nombre aleatorio, flock), fsync y link()."""
     staging_fd = open_staging(output_root)
     staged = f"{secrets.token_hex(12)}{_STAGED_SUFFIX}"
@@ -218,22 +206,23 @@ def _publish_copy(src: Path, output_root: Path, dir_fd: int, dir_path: Path, fil
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # sweep_staging nunca borra una copia en curso
         size = os.stat(src).st_size
-        if marker is not None:
-            _write_marker(marker, {"dir": str(dir_path), "filename": filename, "src": str(src),
-                                   "staged": str(output_root / STAGING_DIR / staged), "size": size})
+        if journal is not None:  # antes de copiar: el inodo que el nombre público conservará
+            entry = JournalEntry(directory=dir_path, name=filename, staged=output_root / STAGING_DIR / staged,
+                                 inode=os.fstat(fd).st_ino, size=size)
+            write_journal(staging_fd, journal.name, entry, fsync)
         with open(src, "rb") as source, os.fdopen(fd, "wb", closefd=False) as target:
             shutil.copyfileobj(source, target, 1024 * 1024)
         if fsync:
             os.fsync(fd)
         published = _link_and_sync(staged, staging_fd, dir_fd, dir_path, filename, fsync)
         linked = published.path.name
-        if marker is not None:
-            _write_marker(marker, {"dir": str(dir_path), "filename": filename, "src": str(src),
-                                   "path": str(published.path), "size": size})
         return published
     except BaseException:
-        if linked is not None:  # el marcador no llegó a decirlo: no dejar un nombre público huérfano
+        if linked is not None:  # no se pudo hacer durable: no dejar un nombre público huérfano
             unpublish(dir_path / linked, fsync)
+        if journal is not None:  # nada publicado: el diario no tiene nada que contar
+            with contextlib.suppress(OSError):
+                os.unlink(journal.name, dir_fd=staging_fd)
         raise
     finally:
         with contextlib.suppress(OSError):
@@ -250,8 +239,12 @@ def unpublish(path: Path, fsync: bool = True) -> None:
             fsync_dir(path.parent)
 
 
-def sweep_staging(output_root: Path, max_age: float = 0.0) -> int:
-    """Borra copias preparadas abandonadas (más viejas que ``max_age`` y sin cerrojo); devuelve cuántas."""
+def sweep_staging(output_root: Path, max_age: float = 0.0, finished: Callable[[str], bool] | None = None) -> int:
+    """Borra copias preparadas abandonadas (más viejas que ``max_age`` y sin cerrojo); devuelve cuántas.
+
+    Un diario de publicación (``<id>.publish.json``) sólo se borra si su trabajo ya tiene registro
+    terminal (``finished``): mientras no, es lo que dice a quien lo retome qué se publicó.
+    """
     try:
         staging_fd = os.open(output_root / STAGING_DIR, DIR_FLAGS)
     except OSError:
@@ -264,6 +257,13 @@ def sweep_staging(output_root: Path, max_age: float = 0.0) -> int:
     now = time.time()
     try:
         for name in os.listdir(staging_fd):
+            job_id = journal_job_id(name)
+            if job_id is not None:
+                if finished is not None and finished(job_id):
+                    with contextlib.suppress(OSError):
+                        os.unlink(name, dir_fd=staging_fd)
+                        removed += 1
+                continue
             try:
                 fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=staging_fd)
             except OSError:
@@ -321,40 +321,18 @@ def _find_inode(directory: Path, filename: str, st: os.stat_result) -> Path | No
     return None
 
 
-def recover_publication(marker: Path, src: Path | None) -> Path | None:
-    """Tras una caída (copia entre sistemas): la ruta ya publicada según el marcador, o None.
+def recover_publication(journal: Path) -> Path | None:
+    """Tras una caída (copia entre sistemas): la ruta ya publicada según el diario, o None.
 
-    Si la caída llegó entre ``link()`` y la actualización del marcador, la copia preparada sigue
-    ahí con dos enlaces: su nombre público se encuentra por el inodo. Una copia sin publicar se
-    borra (se volverá a publicar desde el directorio aislado).
+    El nombre público (el pedido o uno numerado) se reconoce por el inodo de la copia preparada,
+    que ``link()`` conserva, aunque la copia ya no esté. La copia preparada, si sigue, se borra:
+    publicada o no, ya no hace falta (sin publicar, se volverá a publicar desde el directorio aislado).
     """
-    try:
-        data = orjson.loads(marker.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
+    entry = read_journal(journal)
+    if entry is None:
         return None
-    if not isinstance(data, dict):
-        return None
-    published = data.get("path")
-    if isinstance(published, str):
-        path = Path(published)
-        try:
-            if path.stat().st_size == data.get("size"):
-                return path
-        except OSError:
-            return None
-        return None
-    staged = data.get("staged")
-    if not isinstance(staged, str):
-        return None
-    staged_path = Path(staged)
-    try:
-        st = os.stat(staged_path, follow_symlinks=False)
-    except OSError:
-        return None
-    found = None
-    if st.st_nlink > 1:
-        found = _find_inode(Path(str(data.get("dir", ""))), str(data.get("filename", "")), st)
-    if found is not None or st.st_nlink == 1:
+    found = entry.find_published(want_dir=False)
+    if entry.staged.parent == journal.parent:  # sólo dentro de la carpeta de preparación
         with contextlib.suppress(OSError):
-            staged_path.unlink()
+            entry.staged.unlink()
     return found

@@ -5,9 +5,10 @@ en ``<salida>/.videonote-dl-staging/<aleatorio>.partial/`` (0700 mientras se lle
 cada archivo se enlaza (``link()``) o, entre sistemas de archivos, se copia, y se hace fsync de
 cada uno y de la carpeta. Después un solo ``renameat2(RENAME_NOREPLACE)`` le da su nombre público
 ``<salida>/<output_dir>/<id>`` (``<id>-1``, ``<id>-2``... si está tomado): nunca se pisa nada y
-nadie ve la carpeta a medias. El marcador ``.publish-folder.json`` del directorio aislado anota la
-carpeta preparada y, tras el rename, la publicada: ``recover_folder`` lo lee tras una caída. Una
-preparada que quedó atrás la borra ``sweep_staging``.
+nadie ve la carpeta a medias. El diario ``<id>.publish-folder.json`` de la carpeta de preparación
+(``publish_journal``) anota antes de llenarla el inodo de la preparada, que el rename conserva:
+``recover_folder`` reconoce con él la publicada tras una caída, desde cualquier daemon que publique
+en esa salida. Una preparada que quedó atrás la borra ``sweep_staging``.
 """
 
 from __future__ import annotations
@@ -22,18 +23,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from daemon.dirlock import DIR_FLAGS
 from daemon.downloaders.base import StorageError
 from daemon.durable import fsync_dir
 from daemon.naming import numbered_names
 from daemon.publish import STAGING_DIR, open_output_dir, open_staging
+from daemon.publish_journal import JournalEntry, read_journal, write_journal
 from daemon.sha import file_sha256
 
-__all__ = ["FOLDER_MARKER", "folder_listing", "publish_folder", "recover_folder", "unpublish_folder"]
+__all__ = ["folder_listing", "publish_folder", "recover_folder", "unpublish_folder"]
 
-FOLDER_MARKER = ".publish-folder.json"
 _RENAME_NOREPLACE = 1
 _AT_FDCWD = -100
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -57,12 +56,6 @@ def _rename_noreplace(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
     if renameat2(src_fd, src.encode(), dst_fd, dst.encode(), _RENAME_NOREPLACE) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code), dst)
-
-
-def _write_marker(marker: Path, data: dict[str, Any]) -> None:
-    tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_bytes(orjson.dumps(data))
-    os.replace(tmp, marker)
 
 
 def _fill(src: Path, staged_fd: int, fsync: bool) -> None:
@@ -93,7 +86,7 @@ def _fill(src: Path, staged_fd: int, fsync: bool) -> None:
         os.fsync(staged_fd)
 
 
-def publish_folder(src: Path, output_root: Path, subdir: str | None, name: str, marker: Path | None = None,
+def publish_folder(src: Path, output_root: Path, subdir: str | None, name: str, journal: Path | None = None,
                    fsync: bool = True) -> tuple[Path, bool]:
     """Publica la carpeta ``src`` como ``output_root/subdir/name`` (o ``name-N``); devuelve (ruta, renombrada).
 
@@ -107,13 +100,16 @@ def publish_folder(src: Path, output_root: Path, subdir: str | None, name: str, 
     staging = output_root / STAGING_DIR
     staged = f"{secrets.token_hex(12)}.partial"
     staging_fd = staged_fd = -1
+    published: Path | None = None
     try:
         staging_fd = open_staging(output_root)
         os.mkdir(staged, 0o700, dir_fd=staging_fd)
         staged_fd = os.open(staged, DIR_FLAGS, dir_fd=staging_fd)
         fcntl.flock(staged_fd, fcntl.LOCK_EX)  # sweep_staging nunca borra una preparación en curso
-        if marker is not None:
-            _write_marker(marker, {"staged": str(staging / staged), "dir": str(dir_path), "name": name})
+        if journal is not None:  # antes de llenarla: el inodo que la carpeta publicada conservará
+            entry = JournalEntry(directory=dir_path, name=name, staged=staging / staged,
+                                 inode=os.fstat(staged_fd).st_ino, size=None)
+            write_journal(staging_fd, journal.name, entry, fsync)
         _fill(src, staged_fd, fsync)
         for candidate in numbered_names(name):
             try:
@@ -125,16 +121,22 @@ def publish_folder(src: Path, output_root: Path, subdir: str | None, name: str, 
                     continue
                 raise
             published = dir_path / candidate
-            if marker is not None:
-                _write_marker(marker, {"path": str(published), "dir": str(dir_path), "name": name})
             if fsync:
                 os.fsync(dir_fd)
                 os.fsync(staging_fd)
             return published, candidate != name
         raise StorageError(f"no free name for {name!r} in {dir_path}; clean up the output folder",
                            errno=errno.EEXIST)
-    except OSError as exc:
-        raise StorageError(f"cannot publish the folder into {dir_path}: {exc.strerror}", errno=exc.errno) from None
+    except BaseException as exc:
+        if published is not None:  # renombrada pero sin fsync: no dejar una carpeta pública huérfana
+            unpublish_folder(published, fsync)
+        if journal is not None and staging_fd >= 0:  # nada publicado: el diario no tiene nada que contar
+            with contextlib.suppress(OSError):
+                os.unlink(journal.name, dir_fd=staging_fd)
+        if isinstance(exc, OSError):
+            raise StorageError(f"cannot publish the folder into {dir_path}: {exc.strerror}",
+                               errno=exc.errno) from None
+        raise
     finally:
         if staging_fd >= 0:
             with contextlib.suppress(OSError):
@@ -152,24 +154,15 @@ def unpublish_folder(path: Path, fsync: bool = True) -> None:
             fsync_dir(path.parent)
 
 
-def recover_folder(marker: Path) -> Path | None:
-    """Tras una caída: la carpeta ya publicada según el marcador, o None (y se borra lo preparado)."""
-    try:
-        data = orjson.loads(marker.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
+def recover_folder(journal: Path) -> Path | None:
+    """Tras una caída: la carpeta ya publicada según el diario (por su inodo), o None.
+
+    Una preparada que no llegó al rename se borra: se volverá a publicar desde el directorio aislado.
+    """
+    entry = read_journal(journal)
+    if entry is None:
         return None
-    if not isinstance(data, dict):
-        return None
-    if isinstance(data.get("path"), str):
-        path = Path(data["path"])
-        return path if path.is_dir() and not path.is_symlink() else None
-    staged = data.get("staged")
-    if isinstance(staged, str) and os.path.isdir(staged):
-        shutil.rmtree(staged, ignore_errors=True)  # no llegó al rename: se volverá a publicar
-        return None
-    # La preparada ya no está: o se renombró (caída antes de anotarlo) o la barrió el recolector.
-    directory, name = Path(str(data.get("dir", ""))), str(data.get("name", ""))
-    if not name:
-        return None
-    candidates = [directory / n for n in numbered_names(name, limit=100) if (directory / n).is_dir()]
-    return candidates[-1] if candidates else None
+    found = entry.find_published(want_dir=True)
+    if found is None and entry.staged.parent == journal.parent:
+        shutil.rmtree(entry.staged, ignore_errors=True)
+    return found

@@ -17,6 +17,7 @@ import os
 import shutil
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,13 +198,14 @@ def _record(
     )
 
 
-def reap_staging(output_dir: Path, max_age: float) -> int:
+def reap_staging(output_dir: Path, max_age: float, finished: Callable[[str], bool] | None = None) -> int:
     """Retira copias a medio publicar que dejó un publicador muerto en la carpeta de preparación de
-    la salida (sin cerrojo y más viejas que ``max_age``; al arrancar, ``max_age=0``: todas las libres)."""
+    la salida (sin cerrojo y más viejas que ``max_age``; al arrancar, ``max_age=0``: todas las libres),
+    y los diarios de publicación de trabajos que ya tienen registro (``finished``)."""
     from daemon.publish import sweep_staging
 
     try:
-        removed = sweep_staging(output_dir, max_age)
+        removed = sweep_staging(output_dir, max_age, finished)
     except OSError as exc:
         _log.warning("daemon.error", where="staging", error=exc.strerror or str(exc))
         return 0

@@ -248,7 +248,7 @@ class Daemon:
                     await self._stop.wait()
 
     def _sweep_staging(self, max_age: float) -> None:
-        reap_staging(self.settings.output_dir, max_age)
+        reap_staging(self.settings.output_dir, max_age, lambda job_id: self.spool.terminal_record(job_id) is not None)
 
     async def _health_loop(self) -> None:
         while not self._stop.is_set():

@@ -25,6 +25,7 @@ import orjson
 
 from daemon.config import Settings
 from daemon.publish import STAGING_DIR
+from daemon.publish_journal import journal_job_id
 from daemon.sha import file_sha256
 
 __all__ = ["VerifyReport", "check_event_sequences", "verify_spool"]
@@ -163,7 +164,10 @@ def _check_output(output: Path, referenced: set[Path], report: VerifyReport) -> 
     for root, _dirs, files in os.walk(output):
         for name in files:
             path = Path(root) / name
-            if name.startswith(".videonote-dl-") or name.endswith(".part") or STAGING_DIR in Path(root).parts:
+            if STAGING_DIR in Path(root).parts and journal_job_id(name) is not None:
+                report.problems.append(f"publication journal left in the output (job {journal_job_id(name)} was "
+                                       f"publishing when its daemon stopped and has not been taken up again): {path}")
+            elif name.startswith(".videonote-dl-") or name.endswith(".part") or STAGING_DIR in Path(root).parts:
                 report.problems.append(f"partial file in the output: {path}")
             elif path not in referenced:
                 report.problems.append(f"file in the output with no record (duplicate or orphan): {path}")

@@ -234,6 +234,7 @@ def _publish_until_killed(monkeypatch: pytest.MonkeyPatch, temp_root: Path, outp
     """Corre el ``publish_file`` real y lo «mata» justo antes o justo después del ``link()`` que
     publica: deja el disco (directorio aislado, marcador, salida) como lo dejaría un kill -9 ahí."""
     from daemon import publish
+    from daemon.publish_journal import journal_paths
 
     temp_dir = temp_root / f"videonote_dl_{job_id}"
     temp_dir.mkdir(parents=True, mode=0o700)
@@ -249,7 +250,8 @@ def _publish_until_killed(monkeypatch: pytest.MonkeyPatch, temp_root: Path, outp
     monkeypatch.setattr(publish.os, "link", dying_link)
     try:
         with pytest.raises(_Killed):
-            publish.publish_file(src, output, None, "clip.bin", temp_dir / publish.PUBLISH_MARKER, fsync=False)
+            publish.publish_file(src, output, None, "clip.bin", journal_paths(output, publish.STAGING_DIR, job_id)[0],
+                                 fsync=False)
     finally:
         monkeypatch.setattr(publish.os, "link", real_link)
 

@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 
 from daemon.downloaders.base import StorageError
-from daemon.publish import STAGING_DIR, publish_file, sweep_staging
+from daemon.publish import STAGING_DIR, publish_file, recover_publication, sweep_staging
+from daemon.publish_folder import publish_folder, recover_folder
+from daemon.publish_journal import journal_paths, read_journal
 from tests.support.daemon_proc import DaemonProcess, wait_until
 from tests.support.http_server import Behavior, TestServer
 from tests.support.mounts import fill_until_enospc, mounted_tmpfs
@@ -145,3 +147,87 @@ def test_full_output_at_publish_is_retried_then_succeeds(tmp_path: Path, test_se
         assert folder == "done", record
         assert (out / "out" / "f.bin").read_bytes() == data
         assert len(test_server.requests_for("/f.bin")) == 1, "the download is kept, never fetched again"
+
+
+# --- el diario de publicación: lo que un daemon muerto publicó, visible para quien lo retome ------
+def _journaled_copy(tmp_path: Path, out: Path, job_id: str, name: str, data: bytes) -> Path:
+    """Publica como el finalizador (copia entre sistemas, con diario) y devuelve el diario, que en
+    una caída entre el ``link()`` y el registro es lo único que queda (el directorio aislado, en el
+    disco local de un host muerto, se pierde con él)."""
+    src = tmp_path / f"{job_id}.src"
+    src.write_bytes(data)
+    journal = journal_paths(out, STAGING_DIR, job_id)[0]
+    published = publish_file(src, out, None, name, journal)
+    src.unlink()
+    assert published.path.read_bytes() == data
+    # Lo que deja una muerte justo tras el link(): el diario escrito y nada después (sin registro).
+    return journal
+
+
+def test_journal_recognises_the_publication_by_inode_even_renamed_and_swept(tmp_path: Path) -> None:
+    with mounted_tmpfs(tmp_path / "out-fs", "size=4m") as out:
+        (out / "clip.bin").write_bytes(b"someone else's clip")  # choque de nombres: va a clip-1.bin
+        data = os.urandom(60_000)
+        journal = _journaled_copy(tmp_path, out, "j1", "clip.bin", data)
+        assert journal.is_file()
+        entry = read_journal(journal)
+        assert entry is not None and entry.name == "clip.bin" and entry.size == len(data)
+        assert sweep_staging(out, max_age=0) == 0, "a journal of a job with no record is kept"
+        # La copia preparada ya no está (la barrió el recolector): el inodo basta.
+        assert recover_publication(journal) == out / "clip-1.bin"
+        assert (out / "clip.bin").read_bytes() == b"someone else's clip"
+
+
+def test_journal_of_an_unpublished_copy_recovers_nothing_and_a_torn_one_is_ignored(tmp_path: Path) -> None:
+    with mounted_tmpfs(tmp_path / "out-fs", "size=4m") as out:
+        data = os.urandom(30_000)
+        journal = _journaled_copy(tmp_path, out, "j2", "gone.bin", data)
+        (out / "gone.bin").unlink()  # publicado y retirado (p. ej. sin registro): nada que adoptar
+        assert recover_publication(journal) is None
+        journal.write_bytes(b'{"dir": "/x", "na')  # roto por una caída a mitad de escribirlo
+        assert read_journal(journal) is None and recover_publication(journal) is None
+
+
+def test_a_reused_inode_with_another_size_is_not_adopted(tmp_path: Path) -> None:
+    with mounted_tmpfs(tmp_path / "out-fs", "size=4m") as out:
+        journal = _journaled_copy(tmp_path, out, "j3", "a.bin", os.urandom(10_000))
+        entry = read_journal(journal)
+        assert entry is not None
+        with open(out / "a.bin", "ab") as grown:  # el mismo inodo, pero no lo que se publicó
+            grown.write(b"more")
+        assert entry.find_published(want_dir=False) is None
+
+
+def test_sweep_drops_journals_only_of_finished_jobs(tmp_path: Path) -> None:
+    with mounted_tmpfs(tmp_path / "out-fs", "size=4m") as out:
+        done = _journaled_copy(tmp_path, out, "finished1", "f.bin", os.urandom(5_000))
+        live = _journaled_copy(tmp_path, out, "pending1", "p.bin", os.urandom(5_000))
+        assert sweep_staging(out, max_age=0, finished=lambda job_id: job_id == "finished1") == 1
+        assert not done.exists() and live.exists()
+
+
+def test_folder_journal_finds_the_renamed_folder(tmp_path: Path) -> None:
+    with mounted_tmpfs(tmp_path / "out-fs", "size=4m") as out:
+        src = tmp_path / "list"
+        src.mkdir()
+        for n in range(3):
+            (src / f"{n}.mp4").write_bytes(os.urandom(2_000))
+        (out / "pl1").mkdir()  # tomado: la lista va a pl1-1
+        journal = journal_paths(out, STAGING_DIR, "pl1")[1]
+        published, renamed = publish_folder(src, out, None, "pl1", journal)
+        assert renamed and published == out / "pl1-1"
+        assert recover_folder(journal) == out / "pl1-1"
+        assert sorted(p.name for p in published.iterdir()) == ["0.mp4", "1.mp4", "2.mp4"]
+
+
+def test_daemon_removes_the_journal_after_the_record(tmp_path: Path, test_server: TestServer) -> None:
+    """Salida en otro sistema de archivos: la copia deja diario, y el registro lo retira."""
+    data = os.urandom(50_000)
+    url = test_server.add("/j.bin", Behavior(data=data))
+    with mounted_tmpfs(tmp_path / "out-fs", "size=4m") as out:
+        daemon = DaemonProcess(tmp_path / "d", output_dir=str(out / "out"), ytdlp={"enabled": False})
+        with daemon:
+            daemon.drop_job({"url": url, "id": "jr1"})
+            assert daemon.wait_record("jr1")[0] == "done"
+            daemon.wait_temp_dirs_gone()
+        assert sorted(os.listdir(out / "out" / STAGING_DIR)) == []

@@ -49,8 +49,8 @@ from daemon.downloaders.ytdlp.result import folder_result
 from daemon.events import bind_correlation_id, get_logger
 from daemon.faultpoints import apause_point, crash_point
 from daemon.postprocess import postprocess_step
-from daemon.publish import PUBLISH_MARKER, find_linked_publication, recover_publication
-from daemon.publish_folder import FOLDER_MARKER, recover_folder
+from daemon.publish import find_linked_publication, recover_publication
+from daemon.publish_folder import recover_folder
 from daemon.sha import file_sha256
 
 __all__ = ["CancelResult", "DownloadManager", "DownloadTask", "RetryPolicy", "TaskState"]
@@ -320,18 +320,17 @@ class DownloadManager:
         async def run(options: DownloadOptions, progress: Callable[[int, int | None], None] | None) -> DownloadResult:
             temp_dir = options.output_path
             assert temp_dir is not None
-            marker = temp_dir / PUBLISH_MARKER
             await apause_point("temp_dir_created", job_id)
-            previous = self._previous_publication(task, temp_dir, marker)
+            previous = self._previous_publication(task, temp_dir)
             if previous is not None:  # una caída entre publicar y registrar: sólo falta el registro
-                return await self.finisher.commit(task, previous, marker, recovered=True)
+                return await self.finisher.commit(task, previous, recovered=True)
             result = await self._attempts(task, options, progress)
             await apause_point("download_complete", job_id)
             self._verify(options, result)
             await apause_point("verifying", job_id)
             result = await postprocess_step(options, result, task.lifecycle.record.started_at)
             crash_point("before_publish")
-            return await self.finisher.commit(task, result, marker, recovered=False)
+            return await self.finisher.commit(task, result, recovered=False)
 
         return run
 
@@ -347,12 +346,13 @@ class DownloadManager:
     def _output_dir(self, task: DownloadTask) -> Path:
         return self.output_root / task.output_subdir if task.output_subdir else self.output_root
 
-    def _previous_publication(self, task: DownloadTask, temp_dir: Path, marker: Path) -> DownloadResult | None:
-        """Lo que una vida anterior del daemon ya publicó desde este directorio aislado, si algo."""
-        if (temp_dir / FOLDER_MARKER).exists():  # una lista (playlist): la carpeta entera
-            folder = recover_folder(temp_dir / FOLDER_MARKER)
+    def _previous_publication(self, task: DownloadTask, temp_dir: Path) -> DownloadResult | None:
+        """Lo que una vida anterior (de este daemon o de otro, muerto) ya publicó de este trabajo."""
+        file_journal, folder_journal = self.finisher.journals(task.correlation_id)
+        if folder_journal.exists():  # una lista (playlist): la carpeta entera
+            folder = recover_folder(folder_journal)
             return folder_result(folder, folder.name, 1 << 62, {}) if folder is not None else None
-        published = (recover_publication(marker, None) if marker.exists()
+        published = (recover_publication(file_journal) if file_journal.exists()
                      else find_linked_publication(temp_dir, self._output_dir(task)))
         if published is None:
             return None

@@ -19,8 +19,9 @@ from daemon.downloaders.base import DownloadResult, StorageError
 from daemon.downloaders.download_task import DownloadTask, TaskState
 from daemon.events import get_logger
 from daemon.faultpoints import crash_point, pause_point
-from daemon.publish import publish_file, unpublish
-from daemon.publish_folder import FOLDER_MARKER, publish_folder, unpublish_folder
+from daemon.publish import STAGING_DIR, publish_file, unpublish
+from daemon.publish_folder import publish_folder, unpublish_folder
+from daemon.publish_journal import journal_paths
 
 __all__ = ["Finisher"]
 
@@ -37,8 +38,11 @@ class Finisher:
         self.fsync = fsync
         self.on_outcome = on_outcome
 
-    async def commit(self, task: DownloadTask, result: DownloadResult, marker: Path,
-                     recovered: bool) -> DownloadResult:
+    def journals(self, job_id: str) -> tuple[Path, Path]:
+        """Los diarios de publicación del trabajo (archivo, carpeta): ``publish_journal``."""
+        return journal_paths(self.output_root, STAGING_DIR, job_id)
+
+    async def commit(self, task: DownloadTask, result: DownloadResult, recovered: bool) -> DownloadResult:
         """Publicar y registrar: el punto de no retorno.
 
         Cada intento pasa el punto (``committed``) y corre entero en un hilo, protegido de la
@@ -50,7 +54,7 @@ class Finisher:
         while True:
             task.committed, task.state = True, TaskState.PUBLISHING
             task.publish_attempts += 1
-            work = loop.run_in_executor(None, self._publish_and_record, task, result, marker, recovered)
+            work = loop.run_in_executor(None, self._publish_and_record, task, result, recovered)
             try:
                 await self._shielded(work)
                 return result
@@ -84,8 +88,7 @@ class Finisher:
                 current.uncancel()
         work.result()
 
-    def _publish_and_record(self, task: DownloadTask, result: DownloadResult, marker: Path,
-                            recovered: bool) -> None:
+    def _publish_and_record(self, task: DownloadTask, result: DownloadResult, recovered: bool) -> None:
         """En un hilo de trabajo: publicar por ``link()`` (o copia) y escribir el registro terminal."""
         job_id = task.correlation_id
         pause_point("publishing", job_id)
@@ -94,7 +97,7 @@ class Finisher:
             _log.info("job.published", correlation_id=job_id, path=str(published_path), recovered=True,
                       size=result.size, sha256=result.sha256)
         else:
-            published_path, renamed = self._publish(task, result, marker)
+            published_path, renamed = self._publish(task, result)
             _log.info("job.published", correlation_id=job_id, path=str(published_path), renamed=renamed,
                       size=result.size, sha256=result.sha256)
         task.published_path, task.renamed, task.result = published_path, renamed, result
@@ -108,22 +111,31 @@ class Finisher:
             # almacenamiento (se reintenta si es pasajero). El archivo sigue en el directorio aislado.
             task.state, task.published_path, task.concluded = TaskState.PUBLISHING, None, False
             (unpublish_folder if published_path.is_dir() else unpublish)(published_path, self.fsync)
-            marker.unlink(missing_ok=True)
+            self._drop_journal(task.correlation_id, published_path.is_dir())
             _log.warning("job.unpublished", correlation_id=job_id, path=str(published_path),
                          reason=f"the terminal record could not be written: {exc.strerror or exc}")
             raise StorageError(f"cannot write the terminal record: {exc.strerror or exc}", errno=exc.errno) from None
+        # Con el registro escrito, el diario ya no tiene nada que contar (uno que quede por una caída
+        # aquí lo retira sweep_staging: su trabajo tiene registro).
+        self._drop_journal(job_id, published_path.is_dir())
         result.path, result.filename, result.published = published_path, published_path.name, True
         task.result = result
         pause_point("recorded", job_id)
 
-    def _publish(self, task: DownloadTask, result: DownloadResult, marker: Path) -> tuple[Path, bool]:
+    def _publish(self, task: DownloadTask, result: DownloadResult) -> tuple[Path, bool]:
         """Un archivo con ``publish_file``; la carpeta de una lista (``playlist``) con ``publish_folder``."""
+        file_journal, folder_journal = self.journals(task.correlation_id)
         if result.path.is_dir():
             return publish_folder(result.path, self.output_root, task.output_subdir, result.filename,
-                                  marker.with_name(FOLDER_MARKER), self.fsync)
-        published = publish_file(result.path, self.output_root, task.output_subdir, result.filename, marker,
+                                  folder_journal, self.fsync)
+        published = publish_file(result.path, self.output_root, task.output_subdir, result.filename, file_journal,
                                  self.fsync)
         return published.path, published.renamed
+
+    def _drop_journal(self, job_id: str, folder: bool) -> None:
+        # Sólo existe si hubo copia (otro sistema de archivos) o una lista: en el camino del
+        # enlace es un unlink que no encuentra nada.
+        self.journals(job_id)[1 if folder else 0].unlink(missing_ok=True)
 
     def _conclude_or_raise(self, task: DownloadTask) -> None:
         task.concluded = True

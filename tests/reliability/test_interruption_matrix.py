@@ -8,7 +8,9 @@ de archivos que los temporales, o en otro), la prueba:
 2. espera a que el trabajo llegue a S (``S.reached``), sin dormir a ciegas;
 3. entrega I (un cancel/ a mano, ``videonote-dl cancel``, SIGTERM con gracia 0, dos SIGTERM,
    SIGTERM con gracia, SIGKILL y rearranque, SIGHUP, un segundo daemon en el mismo spool, la salida
-   llena, el registro de eventos sin sitio);
+   llena, el registro de eventos sin sitio, y el host perdido: SIGKILL, su disco local de temporales
+   borrado y otro daemon, con sus propios temporales, que retoma el trabajo; éste sólo con la salida
+   en otro sistema de archivos, como en una flota: los temporales son locales, la salida compartida);
 4. lo deja seguir (``S.go``), rearranca si hizo falta, para el daemon y pasa el recolector;
 5. comprueba con ``verify_spool`` y con las peticiones del servidor que: hay exactamente un
    registro terminal; un archivo está en la salida si y sólo si su registro dice succeeded, y es
@@ -24,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,8 +48,11 @@ from tests.support.mounts import fill_until_enospc, mounted_tmpfs
 
 STEPS = (*PAUSE_POINTS[:3], "downloading", *PAUSE_POINTS[3:])
 INTERRUPTIONS = ("cancel_file", "cli_cancel", "sigterm_grace0", "two_sigterms", "sigterm_grace", "sigkill_restart",
-                 "sighup", "second_daemon", "output_full", "event_log_full")
+                 "sighup", "second_daemon", "output_full", "event_log_full", "host_lost")
 LAYOUTS = ("same_fs", "cross_fs")
+CASES = [pytest.param(step, interruption, layout, id=f"{step}-{interruption}-{layout}")
+         for step in STEPS for interruption in INTERRUPTIONS for layout in LAYOUTS
+         if not (interruption == "host_lost" and layout == "same_fs")]
 POINT_OF_NO_RETURN = STEPS.index("publishing")
 JOB_ID = "m1"
 SIZE = 192 * 1024
@@ -113,7 +119,7 @@ class _Case:
 
     def restart(self) -> None:
         """Rearranca sin pausas (tras una parada o un kill) para que termine lo devuelto a la cola."""
-        if self.alive():
+        if self.alive() or self.interruption == "host_lost":  # el host perdido no vuelve: lo termina otro
             return
         with contextlib.suppress(Exception):
             self.daemon._stderr.close()
@@ -161,6 +167,15 @@ def _deliver(case: _Case, fs_to_fill: Path | None) -> subprocess.Popen[str] | No
         overrides = {**case.overrides, "spool_dir": str(d.spool), "event_log": str(case.base / "peer" / "events.jsonl"),
                      "status_file": str(case.base / "peer" / "status.json")}
         case.peer = DaemonProcess(case.base / "peer", **overrides).start()
+    elif kind == "host_lost":
+        # El host muere para siempre con su disco local (sus temporales); otro daemon, con los suyos,
+        # comparte el spool y la salida: recupera el reclamo del muerto y termina el trabajo.
+        d.kill9()
+        shutil.rmtree(case.overrides["temp_dir"], ignore_errors=True)
+        overrides = {**case.overrides, "spool_dir": str(d.spool), "temp_dir": str(case.base / "peer" / "tmp"),
+                     "event_log": str(case.base / "peer" / "events.jsonl"),
+                     "status_file": str(case.base / "peer" / "status.json")}
+        case.peer = DaemonProcess(case.base / "peer", **overrides).start()
     elif kind in ("output_full", "event_log_full"):
         assert fs_to_fill is not None
         fill_until_enospc(fs_to_fill / "filler")
@@ -198,9 +213,7 @@ def _layout(tmp_path: Path, layout: str, interruption: str) -> Iterator[tuple[Pa
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("interruption", INTERRUPTIONS)
-@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize(("step", "interruption", "layout"), CASES)
 def test_interruption_at_each_step(tmp_path: Path, test_server: TestServer, step: str, interruption: str,
                                    layout: str) -> None:
     with _layout(tmp_path, layout, interruption) as (temp_dir, output_dir, event_log, fill):
@@ -232,8 +245,10 @@ def test_interruption_at_each_step(tmp_path: Path, test_server: TestServer, step
                 assert d.proc is not None
                 assert d.proc.wait(60) == 0, d.stderr_text()
             case.restart()
-            folder, record = d.wait_record(JOB_ID, 60)
-            assert d.stop() == 0, d.stderr_text()
+            finisher = case.peer if interruption == "host_lost" and case.peer is not None else d
+            folder, record = finisher.wait_record(JOB_ID, 60)
+            if interruption != "host_lost":
+                assert d.stop() == 0, d.stderr_text()
             if case.peer is not None:
                 assert case.peer.stop() == 0, case.peer.stderr_text()
         finally:
@@ -247,16 +262,19 @@ def test_interruption_at_each_step(tmp_path: Path, test_server: TestServer, step
 
 def _check_invariants(case: _Case, folder: str, record: dict[str, Any]) -> None:
     d = case.daemon
+    daemons = [d] if case.peer is None else [d, case.peer]
     settings = load_settings(d.config_path)
-    reap = reap_temp_root(settings.temp_dir, max_age=0)
-    assert reap.errors == 0
-    assert not d.temp_dirs(), f"temp dirs left after a reaper pass: {d.temp_dirs()}"
+    for daemon in daemons:  # el del par: sus propios temporales
+        reap = reap_temp_root(load_settings(daemon.config_path).temp_dir, max_age=0)
+        assert reap.errors == 0
+        assert not daemon.temp_dirs(), f"temp dirs left after a reaper pass: {daemon.temp_dirs()}"
     want = _expected_outcome(case.step, case.interruption)
     assert want is None or record["outcome"] == want, (want, record)
     succeeded = record["outcome"] == "succeeded"
     assert (folder == "done") == succeeded, (folder, record)
     report = verify_spool(settings, expected={JOB_ID: case.sha if succeeded else None}, daemon_stopped=True,
-                          check_events=case.interruption != "event_log_full")
+                          check_events=case.interruption != "event_log_full",
+                          event_logs=[daemon.event_log for daemon in daemons])
     assert report.ok, "\n".join(report.problems)
     published = sorted(str(p.relative_to(d.output)) for p in d.output.rglob("*") if p.is_file())
     if succeeded:
@@ -269,7 +287,7 @@ def _check_invariants(case: _Case, folder: str, record: dict[str, Any]) -> None:
     requests = len(case.server.requests_for("/m.bin"))
     limit = 1 if case.step in ("published", "recorded", "cleaning") else 2
     assert requests <= limit, f"{requests} requests for one job (at most {limit})"
-    events = _counts_lines(d.event_log)
+    events = [event for daemon in daemons for event in _counts_lines(daemon.event_log)]
     if case.interruption != "event_log_full":
         outcomes = [e for e in events if e["event"] == "job.recorded" and e.get("correlation_id") == JOB_ID]
         assert [e["outcome"] for e in outcomes] == [record["outcome"]], outcomes
