@@ -577,10 +577,16 @@ class PowerFS(pyfuse3.Operations):
 
 async def _serve_control(fs: PowerFS, path: str, done: trio.Event) -> None:
     with trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM) as sock:
-        if os.path.exists(path):
-            os.unlink(path)
-        await sock.bind(path)
+        # El cliente espera a que exista la ruta: sólo aparece (rename) cuando ya escucha. Con
+        # ``bind`` en la ruta final, un connect entre el bind y el listen (``await sock.bind`` cede
+        # el turno a las peticiones FUSE; en una máquina cargada, un buen rato) daba ECONNREFUSED.
+        fresh = f"{path}.new"
+        for stale in (path, fresh):
+            if os.path.exists(stale):
+                os.unlink(stale)
+        await sock.bind(fresh)
         sock.listen(8)
+        os.rename(fresh, path)
         while True:
             conn, _ = await sock.accept()
             with conn:
