@@ -74,6 +74,7 @@ from daemon.downloaders.http_resume import (
 )
 from daemon.downloaders.http_session import new_session
 from daemon.downloaders.http_sink import WRITE_BATCH, Sink
+from daemon.downloaders.http_splice import can_splice, splice_body
 from daemon.downloaders.netguard import session_tls
 from daemon.durable import fsync_dir
 from daemon.events import redact
@@ -283,7 +284,10 @@ class HttpDownloader:
         # El nombre publicado lo decide ``filename``; en el directorio aislado no puede pisar los internos.
         final = part.with_name(_DONE_NAME if filename in (PART_NAME, META_NAME) else filename)
         try:
-            tail = await self._stream(response, sink, options, total, progress, loop, writer)
+            if total is not None and can_splice(response, total - sink.size):  # HTTP en claro, grande
+                tail: list[bytes] = await splice_body(response, sink, total, options.timeout, progress, writer)
+            else:
+                tail = await self._stream(response, sink, options, total, progress, loop, writer)
             # Un solo salto al hilo de escritura: cola del cuerpo, fsync, nombre final y fsync de la carpeta.
             complete = await loop.run_in_executor(writer, self._finish_body, sink, tail, part, final, total)
         except OSError as exc:
