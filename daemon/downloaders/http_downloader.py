@@ -1,7 +1,7 @@
 """Descargador HTTP(S) en streaming sobre aiohttp.
 
-- Memoria constante: el cuerpo se lee con ``iter_any()`` y se entrega por lotes de ~1 MiB a un
-  hilo que escribe y calcula el sha256 mientras el bucle sigue leyendo del socket.
+- Memoria constante: el cuerpo va por lotes de ~1 MiB (``iter_any()``) a un hilo que escribe y
+  resume mientras el bucle lee; uno grande por HTTP en claro, con ``splice(2)`` (``http_splice``).
 - ``max_bytes`` se aplica desde Content-Length y a medida que llegan los bytes.
 - Reanudación: ``download.part`` + ``download.meta.json`` en el directorio aislado; un
   reintento pide ``Range`` con ``If-Range`` (ETag fuerte o Last-Modified). Sólo se añade a la
