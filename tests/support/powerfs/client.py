@@ -128,6 +128,8 @@ class PowerFS:
                 self.proc.wait(10)
         if os.path.ismount(self.mountpoint):
             subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], check=False, capture_output=True)
+        with contextlib.suppress(FileNotFoundError):  # el socket de control no se queda en /tmp
+            self.control_path.unlink()
         self.proc = None
 
     def __enter__(self) -> PowerFS:
