@@ -62,6 +62,7 @@ class PublishedFile:
 
     path: Path
     renamed: bool
+    journaled: bool = False  # se copió entre sistemas de archivos y se escribió su diario
 
 
 def open_output_dir(output_root: Path, subdir: str | None) -> tuple[int, Path]:
@@ -216,7 +217,7 @@ def _publish_copy(src: Path, output_root: Path, dir_fd: int, dir_path: Path, fil
             os.fsync(fd)
         published = _link_and_sync(staged, staging_fd, dir_fd, dir_path, filename, fsync)
         linked = published.path.name
-        return published
+        return PublishedFile(published.path, published.renamed, journaled=journal is not None)
     except BaseException:
         if linked is not None:  # no se pudo hacer durable: no dejar un nombre público huérfano
             unpublish(dir_path / linked, fsync)

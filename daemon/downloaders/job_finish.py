@@ -92,12 +92,13 @@ class Finisher:
         """En un hilo de trabajo: publicar por ``link()`` (o copia) y escribir el registro terminal."""
         job_id = task.correlation_id
         pause_point("publishing", job_id)
-        if recovered:
+        if recovered:  # publicado en una vida anterior: su diario, si lo hubo, se retira tras el registro
+            journals: tuple[Path, ...] = self.journals(job_id)
             published_path, renamed = result.path, False
             _log.info("job.published", correlation_id=job_id, path=str(published_path), recovered=True,
                       size=result.size, sha256=result.sha256)
         else:
-            published_path, renamed = self._publish(task, result)
+            published_path, renamed, journals = self._publish(task, result)
             _log.info("job.published", correlation_id=job_id, path=str(published_path), renamed=renamed,
                       size=result.size, sha256=result.sha256)
         task.published_path, task.renamed, task.result = published_path, renamed, result
@@ -111,33 +112,37 @@ class Finisher:
             # almacenamiento (se reintenta si es pasajero). El archivo sigue en el directorio aislado.
             task.state, task.published_path, task.concluded = TaskState.PUBLISHING, None, False
             (unpublish_folder if published_path.is_dir() else unpublish)(published_path, self.fsync)
-            self._drop_journal(task.correlation_id, published_path.is_dir())
+            _drop_journals(journals)
             _log.warning("job.unpublished", correlation_id=job_id, path=str(published_path),
                          reason=f"the terminal record could not be written: {exc.strerror or exc}")
             raise StorageError(f"cannot write the terminal record: {exc.strerror or exc}", errno=exc.errno) from None
         # Con el registro escrito, el diario ya no tiene nada que contar (uno que quede por una caída
         # aquí lo retira sweep_staging: su trabajo tiene registro).
-        self._drop_journal(job_id, published_path.is_dir())
+        _drop_journals(journals)
         result.path, result.filename, result.published = published_path, published_path.name, True
         task.result = result
         pause_point("recorded", job_id)
 
-    def _publish(self, task: DownloadTask, result: DownloadResult) -> tuple[Path, bool]:
-        """Un archivo con ``publish_file``; la carpeta de una lista (``playlist``) con ``publish_folder``."""
+    def _publish(self, task: DownloadTask, result: DownloadResult) -> tuple[Path, bool, tuple[Path, ...]]:
+        """Un archivo con ``publish_file``; la carpeta de una lista (``playlist``) con ``publish_folder``.
+
+        Devuelve (ruta publicada, renombrada, el diario que se escribió, si alguno)."""
         file_journal, folder_journal = self.journals(task.correlation_id)
         if result.path.is_dir():
-            return publish_folder(result.path, self.output_root, task.output_subdir, result.filename,
-                                  folder_journal, self.fsync)
+            path, renamed = publish_folder(result.path, self.output_root, task.output_subdir, result.filename,
+                                           folder_journal, self.fsync)
+            return path, renamed, (folder_journal,)
         published = publish_file(result.path, self.output_root, task.output_subdir, result.filename, file_journal,
                                  self.fsync)
-        return published.path, published.renamed
-
-    def _drop_journal(self, job_id: str, folder: bool) -> None:
-        # Sólo existe si hubo copia (otro sistema de archivos) o una lista: en el camino del
-        # enlace es un unlink que no encuentra nada.
-        self.journals(job_id)[1 if folder else 0].unlink(missing_ok=True)
+        # En el camino del enlace (mismo sistema de archivos) no hay diario que retirar.
+        return published.path, published.renamed, (file_journal,) if published.journaled else ()
 
     def _conclude_or_raise(self, task: DownloadTask) -> None:
         task.concluded = True
         if self.on_outcome is not None:
             self.on_outcome(task)
+
+
+def _drop_journals(journals: tuple[Path, ...]) -> None:
+    for journal in journals:
+        journal.unlink(missing_ok=True)
