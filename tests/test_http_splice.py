@@ -23,6 +23,7 @@ from daemon.downloaders.base import DownloadOptions, DownloadTimeout, Incomplete
 from daemon.downloaders.http_downloader import HttpDownloader
 from daemon.downloaders.http_resume import PART_NAME
 from daemon.downloaders.http_splice import SPLICE_MIN_BYTES
+from tests.support.daemon_proc import DaemonProcess, wait_until
 from tests.support.http_server import Behavior, TestServer
 from tests.test_http_downloader import MiB, opts, run_download, sha, temp_dirs
 
@@ -143,3 +144,34 @@ def test_a_body_without_content_length_stays_on_aiohttp(temp_root: Path, test_se
     assert out.error is None, out.error
     assert spliced == []
     assert out.data == data
+
+
+def test_kill_mid_splice_then_restart_resumes_from_what_reached_the_disk(tmp_path: Path,
+                                                                           test_server: TestServer) -> None:
+    """El daemon real, muerto (SIGKILL) a mitad de un cuerpo que va por splice: al arrancar otra vez,
+    reanuda desde lo que llegó al archivo (``Range``) y publica exactamente el original."""
+    hold = threading.Event()
+    data = os.urandom(BIG)
+    url = test_server.add("/crash.bin", Behavior(data=data, hold=hold, hold_after=4 * MiB, hold_times=1,
+                                                 hold_timeout=60))
+    daemon = DaemonProcess(tmp_path, ytdlp={"enabled": False}, download={"backoff": "50ms"})
+    try:
+        daemon.start()
+        daemon.drop_job({"url": url, "id": "spk", "sha256": sha(data)})
+        part = wait_until(lambda: next(iter(daemon.temp_root.glob(f"videonote_dl_spk/{PART_NAME}")), None), 30,
+                          what="the part file")
+        wait_until(lambda: part.stat().st_size >= 4 * MiB, 30, what="4 MiB spliced to the part file")
+        daemon.kill9()
+        hold.set()
+        daemon.start()
+        folder, record = daemon.wait_record("spk", 60)
+        assert daemon.stop() == 0
+    finally:
+        hold.set()
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.kill9()
+    assert folder == "done" and record["sha256"] == sha(data), record
+    assert Path(record["path"]).read_bytes() == data
+    requests = test_server.requests_for("/crash.bin")
+    assert len(requests) == 2 and requests[1].headers.get("Range", "").startswith("bytes=")
+    assert int(requests[1].headers["Range"][len("bytes="):-1]) >= 4 * MiB

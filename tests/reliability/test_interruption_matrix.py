@@ -306,11 +306,18 @@ def test_record_that_cannot_be_written_unpublishes_and_retries(tmp_path: Path, t
         try:
             case.start_paused()
             fill_until_enospc(spool_fs / "filler")
+            # El reintento se para antes de volver a publicar: mirar la salida en ese momento es
+            # determinista (mirarla "justo después" de job.unpublished podía caer dentro del
+            # siguiente intento, entre su link() y su retirada, y ver el archivo un instante).
+            (case.pause_dir / "publishing").touch()
             case.release()
-            wait_until(lambda: d.count_events("job.unpublished") > 0, 30, what="job.unpublished")
+            wait_until(lambda: (case.pause_dir / "publishing.reached").exists(), 30,
+                       what="the publish retry to pause before its link()")
+            assert d.count_events("job.unpublished") == 1 and d.count_events("job.publish_retrying") == 1
             assert d.record(JOB_ID) is None
             assert not (d.output / "m.bin").exists(), "published without a record"
             (spool_fs / "filler").unlink()
+            (case.pause_dir / "publishing.go").touch()
             folder, record = d.wait_record(JOB_ID, 60)
             assert d.stop() == 0, d.stderr_text()
         finally:
