@@ -7,9 +7,11 @@ la última extensión, así que el archivo sigue abriéndose con el mismo progra
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
-__all__ = ["MAX_COLLISION_NUMBER", "numbered_names"]
+__all__ = ["MAX_COLLISION_NUMBER", "find_numbered", "numbered_names"]
 
 # Tope de candidatos: con 10 000 nombres ocupados algo va mal; mejor un error que un bucle largo.
 MAX_COLLISION_NUMBER = 10000
@@ -27,3 +29,17 @@ def numbered_names(filename: str, limit: int = MAX_COLLISION_NUMBER) -> Iterator
         stem, dot, ext = filename, "", ""
     for n in range(1, limit):
         yield f"{stem}-{n}{dot}{ext}"
+
+
+def find_numbered(directory: Path, filename: str, matches: Callable[[os.stat_result], bool],
+                  limit: int = MAX_COLLISION_NUMBER) -> Path | None:
+    """El primero de los nombres numerados de ``filename`` en ``directory`` cuyo ``lstat`` cumple
+    ``matches`` (tras una caída: el nombre que llegó a publicarse, reconocido por su inodo)."""
+    for candidate in numbered_names(filename, limit):
+        try:
+            st = os.stat(directory / candidate, follow_symlinks=False)
+        except OSError:
+            continue
+        if matches(st):
+            return directory / candidate
+    return None

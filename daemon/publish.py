@@ -37,7 +37,7 @@ from pathlib import Path
 from daemon.dirlock import DIR_FLAGS
 from daemon.downloaders.base import PermanentDownloadError, StorageError
 from daemon.durable import fsync_dir
-from daemon.naming import numbered_names
+from daemon.naming import find_numbered, numbered_names
 from daemon.publish_journal import JournalEntry, journal_job_id, read_journal, write_journal
 
 __all__ = [
@@ -305,21 +305,14 @@ def find_linked_publication(temp_dir: Path, output_dir: Path) -> Path | None:
         st = entry.stat(follow_symlinks=False)
         if st.st_nlink < 2:
             continue
-        found = _find_inode(output_dir, entry.name, st)
+        found = find_numbered(output_dir, entry.name, _same_inode(st), limit=100)
         if found is not None:
             return found
     return None
 
 
-def _find_inode(directory: Path, filename: str, st: os.stat_result) -> Path | None:
-    for candidate in numbered_names(filename, limit=100):
-        try:
-            other = os.stat(directory / candidate, follow_symlinks=False)
-        except OSError:
-            continue
-        if (other.st_ino, other.st_dev) == (st.st_ino, st.st_dev):
-            return directory / candidate
-    return None
+def _same_inode(st: os.stat_result) -> Callable[[os.stat_result], bool]:
+    return lambda other: (other.st_ino, other.st_dev) == (st.st_ino, st.st_dev)
 
 
 def recover_publication(journal: Path) -> Path | None:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import orjson
 
-from daemon.naming import numbered_names
+from daemon.naming import find_numbered
 
 __all__ = [
     "FILE_JOURNAL_SUFFIX",
@@ -59,23 +59,18 @@ class JournalEntry:
 
     def find_published(self, want_dir: bool) -> Path | None:
         """El nombre público con ese inodo (el pedido o uno numerado), o None si no llegó a publicarse."""
-        for candidate in numbered_names(self.name, limit=_SEARCH_LIMIT):
-            try:
-                st = os.stat(self.directory / candidate, follow_symlinks=False)
-            except OSError:
-                continue
-            if st.st_ino != self.inode:
-                continue
+        def same(st: os.stat_result) -> bool:
             # El inodo basta en un sistema de archivos; el tipo y el tamaño descartan un inodo reusado.
-            if stat.S_ISDIR(st.st_mode) == want_dir and (want_dir or st.st_size == self.size):
-                return self.directory / candidate
-        return None
+            return st.st_ino == self.inode and stat.S_ISDIR(st.st_mode) == want_dir and \
+                (want_dir or st.st_size == self.size)
+
+        return find_numbered(self.directory, self.name, same, limit=_SEARCH_LIMIT)
 
 
 def journal_paths(output_root: Path, staging_dir: str, job_id: str) -> tuple[Path, Path]:
     """(diario de un archivo, diario de una carpeta) del trabajo ``job_id`` en la salida ``output_root``."""
-    base = output_root / staging_dir / job_id
-    return base.with_name(job_id + FILE_JOURNAL_SUFFIX), base.with_name(job_id + FOLDER_JOURNAL_SUFFIX)
+    staging = output_root / staging_dir
+    return staging / f"{job_id}{FILE_JOURNAL_SUFFIX}", staging / f"{job_id}{FOLDER_JOURNAL_SUFFIX}"
 
 
 def journal_job_id(name: str) -> str | None:

@@ -164,8 +164,8 @@ def _check_output(output: Path, referenced: set[Path], report: VerifyReport) -> 
     for root, _dirs, files in os.walk(output):
         for name in files:
             path = Path(root) / name
-            if STAGING_DIR in Path(root).parts and journal_job_id(name) is not None:
-                report.problems.append(f"publication journal left in the output (job {journal_job_id(name)} was "
+            if STAGING_DIR in Path(root).parts and (job_id := journal_job_id(name)) is not None:
+                report.problems.append(f"publication journal left in the output (job {job_id} was "
                                        f"publishing when its daemon stopped and has not been taken up again): {path}")
             elif name.startswith(".videonote-dl-") or name.endswith(".part") or STAGING_DIR in Path(root).parts:
                 report.problems.append(f"partial file in the output: {path}")
