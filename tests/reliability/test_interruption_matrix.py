@@ -1,7 +1,9 @@
 """La matriz de interrupciones: cada interrupción, entregada en cada paso del camino de un trabajo.
 
 Para cada paso S (``daemon.faultpoints.PAUSE_POINTS`` más ``downloading``, que retiene el servidor
-a mitad del cuerpo), cada interrupción I y cada disposición de discos (salida en el mismo sistema
+a mitad del cuerpo, y ``downloading_spliced``, lo mismo con un cuerpo grande que va por
+``splice(2)``: el hilo que mueve socket -> tubería -> archivo y el del sha256 están vivos cuando
+llega la interrupción), cada interrupción I y cada disposición de discos (salida en el mismo sistema
 de archivos que los temporales, o en otro), la prueba:
 
 1. arranca el daemon real con el paso S armado (``VIDEONOTE_DL_PAUSE_DIR``) y deja un trabajo;
@@ -39,6 +41,7 @@ import orjson
 import pytest
 
 from daemon.config import load_settings
+from daemon.downloaders.http_splice import SPLICE_MIN_BYTES
 from daemon.faultpoints import PAUSE_POINTS
 from daemon.reaper import reap_temp_root
 from daemon.verify import verify_spool
@@ -46,7 +49,8 @@ from tests.support.daemon_proc import DaemonProcess, wait_until
 from tests.support.http_server import Behavior, TestServer
 from tests.support.mounts import fill_until_enospc, mounted_tmpfs
 
-STEPS = (*PAUSE_POINTS[:3], "downloading", *PAUSE_POINTS[3:])
+STEPS = (*PAUSE_POINTS[:3], "downloading", "downloading_spliced", *PAUSE_POINTS[3:])
+HELD_STEPS = ("downloading", "downloading_spliced")  # retenidos por el servidor, no por una pausa
 INTERRUPTIONS = ("cancel_file", "cli_cancel", "sigterm_grace0", "two_sigterms", "sigterm_grace", "sigkill_restart",
                  "sighup", "second_daemon", "output_full", "event_log_full", "host_lost")
 LAYOUTS = ("same_fs", "cross_fs")
@@ -56,6 +60,7 @@ CASES = [pytest.param(step, interruption, layout, id=f"{step}-{interruption}-{la
 POINT_OF_NO_RETURN = STEPS.index("publishing")
 JOB_ID = "m1"
 SIZE = 192 * 1024
+SPLICED_SIZE = SPLICE_MIN_BYTES + 1024 * 1024  # lo que queda tras HOLD_AFTER sigue por encima del umbral
 HOLD_AFTER = 64 * 1024
 
 
@@ -77,12 +82,13 @@ class _Case:
     def __init__(self, base: Path, server: TestServer, step: str, interruption: str, temp_dir: Path,
                  output_dir: Path, event_log: Path) -> None:
         self.base, self.step, self.interruption = base, step, interruption
-        self.data = os.urandom(SIZE)
+        self.data = os.urandom(SPLICED_SIZE if step == "downloading_spliced" else SIZE)
         self.sha = hashlib.sha256(self.data).hexdigest()
         self.gate = _Gate()
         self.server = server
-        hold = self.gate if step == "downloading" else None
-        self.url = server.add("/m.bin", Behavior(data=self.data, chunk=16 * 1024, hold=hold, hold_after=HOLD_AFTER,
+        hold = self.gate if step in HELD_STEPS else None
+        chunk = 256 * 1024 if step == "downloading_spliced" else 16 * 1024
+        self.url = server.add("/m.bin", Behavior(data=self.data, chunk=chunk, hold=hold, hold_after=HOLD_AFTER,
                                                  hold_times=1, hold_timeout=60))
         self.pause_dir = base / "pause"
         self.pause_dir.mkdir()
@@ -98,18 +104,21 @@ class _Case:
 
     # --- pasos ----------------------------------------------------------------------------
     def start_paused(self) -> None:
-        if self.step != "downloading":
+        if self.step not in HELD_STEPS:
             (self.pause_dir / self.step).touch()
         self.daemon.start(env={"VIDEONOTE_DL_TEST_HOOKS": "1", "VIDEONOTE_DL_PAUSE_DIR": str(self.pause_dir)})
+        idle_pipes = _own_pipes(self.daemon)  # las del daemon en reposo (la de despertar del observador)
         self.daemon.drop_job({"url": self.url, "id": JOB_ID, "sha256": self.sha, "filename": "m.bin"})
-        if self.step == "downloading":
+        if self.step in HELD_STEPS:
             assert self.gate.reached.wait(30), "the download never reached the server's hold"
+            if self.step == "downloading_spliced":
+                wait_until(lambda: _own_pipes(self.daemon) > idle_pipes, 30, what="the body to go through splice(2)")
         else:
             wait_until(lambda: (self.pause_dir / f"{self.step}.reached").exists(), 30,
                        what=f"the job to reach step {self.step}")
 
     def release(self) -> None:
-        if self.step == "downloading":
+        if self.step in HELD_STEPS:
             self.gate.set()
         else:
             (self.pause_dir / f"{self.step}.go").touch()
@@ -124,6 +133,20 @@ class _Case:
         with contextlib.suppress(Exception):
             self.daemon._stderr.close()
         self.daemon.start()
+
+
+def _own_pipes(daemon: DaemonProcess) -> int:
+    """Tuberías con los dos extremos en el proceso del daemon. En reposo, la con que se despierta
+    al hilo de inotify; durante una descarga, además la de ``splice(2)`` (y ninguna otra)."""
+    assert daemon.proc is not None
+    fds = Path(f"/proc/{daemon.proc.pid}/fd")
+    ends: dict[str, int] = {}
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("pipe:"):
+                ends[target] = ends.get(target, 0) + 1
+    return sum(1 for count in ends.values() if count >= 2)
 
 
 def _counts_lines(log: Path) -> list[dict[str, Any]]:
@@ -197,10 +220,12 @@ def _expected_outcome(step: str, interruption: str) -> str | None:
 
 
 @contextlib.contextmanager
-def _layout(tmp_path: Path, layout: str, interruption: str) -> Iterator[tuple[Path, Path, Path, Path | None]]:
+def _layout(tmp_path: Path, layout: str, interruption: str,
+            size_mib: int) -> Iterator[tuple[Path, Path, Path, Path | None]]:
     """(temp_dir, output_dir, event_log, sistema a llenar) según la disposición y la interrupción."""
     with contextlib.ExitStack() as stack:
-        out_fs = stack.enter_context(mounted_tmpfs(tmp_path / "out-fs", "size=4m,mode=0755"))
+        # Cabe el cuerpo grande tres veces: la parte, la copia de staging y la publicada.
+        out_fs = stack.enter_context(mounted_tmpfs(tmp_path / "out-fs", f"size={size_mib}m,mode=0755"))
         temp_dir = out_fs / "tmp" if layout == "same_fs" else tmp_path / "tmp"
         event_log = tmp_path / "log" / "events.jsonl"
         fill: Path | None = None
@@ -216,7 +241,8 @@ def _layout(tmp_path: Path, layout: str, interruption: str) -> Iterator[tuple[Pa
 @pytest.mark.parametrize(("step", "interruption", "layout"), CASES)
 def test_interruption_at_each_step(tmp_path: Path, test_server: TestServer, step: str, interruption: str,
                                    layout: str) -> None:
-    with _layout(tmp_path, layout, interruption) as (temp_dir, output_dir, event_log, fill):
+    size_mib = 32 if step == "downloading_spliced" else 4
+    with _layout(tmp_path, layout, interruption, size_mib) as (temp_dir, output_dir, event_log, fill):
         case = _Case(tmp_path, test_server, step, interruption, temp_dir, output_dir, event_log)
         d = case.daemon
         try:
