@@ -1,4 +1,4 @@
-# videonote-dl: `make run` arranca el daemon con ./config.yaml; `make test` corre toda la suite.
+# videonote-dl: `make run` starts the daemon with ./config.yaml; `make test` runs the whole suite.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -8,8 +8,8 @@ DESTDIR ?=
 
 .PHONY: run demo test lint bench bench-smoke install clean
 
-# Silencioso: una línea al preparar el venv; los avisos de empaquetado propios están corregidos
-# en pyproject.toml (licencia SPDX, .pth estático), así que `make run` no los repite.
+# Quiet: one line while setting up the venv; the project's own packaging warnings are fixed in
+# pyproject.toml (SPDX license, static .pth), so `make run` does not repeat them.
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV) (pip install -e '.[test]'; once, or when pyproject.toml changes)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,11 +17,11 @@ $(STAMP): pyproject.toml
 	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	@touch $(STAMP)
 
-# La orden `run` escribe al arrancar una línea con el spool, el registro y cómo enviar un trabajo.
+# At start-up, `run` prints a line with the spool, the event log and how to submit a job.
 run: $(STAMP)
 	@$(VENV)/bin/videonote-dl run --config config.yaml
 
-# Un primer trabajo sin red: sirve un archivo en 127.0.0.1 y lo envía al daemon de `make run`.
+# A first job without a network: serves a file on 127.0.0.1 and submits it to the `make run` daemon.
 demo: $(STAMP)
 	@$(VENV)/bin/videonote-dl demo --config config.yaml
 
@@ -41,15 +41,15 @@ clean:
 	rm -rf var .pytest_cache .ruff_cache
 
 # ---------------------------------------------------------------------------------------------
-# make install / make uninstall: el daemon como servicio de sistema (docs/operations.md).
+# make install / make uninstall: the daemon as a system service (docs/operations.md).
 #   make install [PREFIX=/usr/local] [DESTDIR=] [INSTALL_PYTHON=/usr/bin/python3]
-#                [PIP_INSTALL_ARGS='--no-index --find-links=DIR']   # instalación sin red
-# El proyecto va a un venv propio en $(PREFIX)/lib/videonote-dl, creado con INSTALL_PYTHON (el
-# python del sistema: uno bajo /root o /home no serviría con ProtectHome=yes), con un enlace en
-# $(PREFIX)/bin. La unidad se instala con ExecStart= reescrito a ese enlace. Con PREFIX fuera de
-# /usr y /usr/local, systemd no buscaría en $(PREFIX)/lib/systemd: unidad, sysusers.d y
-# tmpfiles.d van entonces bajo $(SYSCONFDIR). Nunca se pisa un config.yaml existente.
-# Con DESTDIR (empaquetado) se corrigen las rutas que el venv graba (shebangs, pyvenv.cfg, .pyc).
+#                [PIP_INSTALL_ARGS='--no-index --find-links=DIR']   # offline install
+# The project goes into its own venv in $(PREFIX)/lib/videonote-dl, created with INSTALL_PYTHON (the
+# system python: one under /root or /home would not work with ProtectHome=yes), with a symlink in
+# $(PREFIX)/bin. The unit is installed with ExecStart= rewritten to that link. With PREFIX outside
+# /usr and /usr/local, systemd would not look in $(PREFIX)/lib/systemd, so the unit, sysusers.d and
+# tmpfiles.d files go under $(SYSCONFDIR) instead. An existing config.yaml is never overwritten.
+# With DESTDIR (packaging), the paths that the venv records (shebangs, pyvenv.cfg, .pyc) are fixed.
 INSTALL_PYTHON   ?= /usr/bin/python3
 PIP_INSTALL_ARGS ?=
 SYSCONFDIR       ?= /etc
@@ -106,11 +106,11 @@ uninstall:
 	@echo "uninstalled; kept $(SYSCONFDIR)/videonote-dl, /var/lib/videonote-dl, /var/log/videonote-dl and the user"
 
 # ---------------------------------------------------------------------------------------------
-# make bench: los bancos de bench/ (issue 7). Monta tmpfs, arranca nginx (lo instala con apt-get
-# si falta) y corre los 7 escenarios frente a curl, aria2c, wget y yt-dlp; imprime las tablas y
-# escribe bench/results/latest.md y latest.json (unos 15 minutos; como root). BENCH_ARGS pasa
-# opciones (p. ej. BENCH_ARGS='--scenario 2 --runs 7'). make bench-smoke: el humo de CI
-# (escenario 2 con 50 trabajos, una ronda; resultados en bench/results/raw/).
+# make bench: the benchmarks in bench/ (issue 7). Mounts a tmpfs, starts nginx (installing it with
+# apt-get if missing) and runs the 7 scenarios against curl, aria2c, wget and yt-dlp; prints the
+# tables and writes bench/results/latest.md and latest.json (about 15 minutes; as root). BENCH_ARGS
+# passes options (e.g. BENCH_ARGS='--scenario 2 --runs 7'). make bench-smoke: the CI smoke run
+# (scenario 2 with 50 jobs, one round; results in bench/results/raw/).
 BENCH_ARGS ?=
 
 bench: $(STAMP)
