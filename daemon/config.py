@@ -109,6 +109,7 @@ class Settings:
     lookahead: int = 0
     max_running_per_submitter: int = 0
     watch: str = "auto"
+    file_io: str = "auto"
     rescan_interval: float = 5.0
     shutdown_grace: float = 30.0
     log_level: str = "info"
@@ -151,6 +152,10 @@ SCHEMA: tuple[SettingSpec, ...] = (
                 "owner) may run at once; 0: no cap (equal priorities go round-robin anyway)", cv.int_between(0, 1024)),
     SettingSpec("watch", "auto|inotify|poll", "auto", False, "poll: periodic rescans only (NFS, CIFS, CephFS); "
                 "auto picks poll on those", cv.choice("auto", "inotify", "poll")),
+    SettingSpec("file_io", "auto|thread|inline", "auto", False, "where a small job's last file-system calls "
+                "(fsync, publish, record) run: thread, so a slow disk never stalls the daemon; inline, on the "
+                "event loop (~1 ms less CPU per job); auto: inline only if spool, temp and output are on tmpfs/ramfs",
+                cv.choice("auto", "thread", "inline")),
     SettingSpec("rescan_interval", "duration", "5s", True, "periodic rescan of incoming/ and sweep of active/ "
                 "for a dead daemon's claims", cv.positive_duration),
     SettingSpec("shutdown_grace", "duration", "30s", True,

@@ -11,6 +11,7 @@ from daemon.config import Settings
 from daemon.downloaders.base import Downloader, DownloadOptions
 from daemon.downloaders.http_downloader import HttpDownloader
 from daemon.events import get_logger
+from daemon.file_io import FileIo
 from daemon.jobs import JobSpec
 from daemon.manifest_routing import manifest_by_suffix, telling_suffix
 
@@ -22,8 +23,9 @@ _log = get_logger()
 class DownloaderRegistry:
     """``http`` siempre; ``ytdlp`` si está activado y se puede importar."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.downloaders: dict[str, Downloader] = {"http": HttpDownloader(ca_bundle=settings.download.ca_bundle)}
+    def __init__(self, settings: Settings, file_io: FileIo | None = None) -> None:
+        http = HttpDownloader(ca_bundle=settings.download.ca_bundle, file_io=file_io)
+        self.downloaders: dict[str, Downloader] = {"http": http}
         self._extractor_index_ready = False
         self._index_lock = asyncio.Lock()
         if settings.ytdlp.enabled:

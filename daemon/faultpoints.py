@@ -20,7 +20,7 @@ import os
 import signal
 import time
 
-__all__ = ["CRASH_POINTS", "PAUSE_POINTS", "apause_point", "crash_point", "pause_point"]
+__all__ = ["CRASH_POINTS", "PAUSE_POINTS", "apause_point", "crash_point", "pause_point", "pauses_enabled"]
 
 CRASH_POINTS = (
     "after_claim",       # archivo movido a active/, aún sin analizar
@@ -90,6 +90,11 @@ def _leave(go: str) -> None:
     for path in (go, go[: -len(".go")] + ".reached"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+
+def pauses_enabled() -> bool:
+    """Si las pruebas pueden pausar pasos (entonces un paso bloqueante no puede correr en el bucle)."""
+    return _PAUSE_DIR is not None
 
 
 def pause_point(step: str, job_id: str | None = None) -> None:

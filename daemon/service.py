@@ -23,6 +23,7 @@ from daemon.config import ConfigError, Settings, load_settings, restart_required
 from daemon.downloader_registry import DownloaderRegistry
 from daemon.downloaders.download_manager import DownloadManager, DownloadTask
 from daemon.events import get_logger, reopen_event_log, set_log_level
+from daemon.file_io import choose_file_io
 from daemon.fleet import peer_sweep_loop, start_watching
 from daemon.intake import Intake
 from daemon.outcomes import Outcomes, iso_time
@@ -79,12 +80,15 @@ class Daemon:
         _log.info("daemon.starting", version=__version__, pid=os.getpid(), instance=self.spool.instance,
                   config=str(s.source) if s.source else "(embedded defaults)", spool=str(s.spool_dir))
         self._install_signals()
-        self.registry = DownloaderRegistry(s)
+        file_io = choose_file_io(s.file_io, {"spool_dir": s.spool_dir, "temp_dir": s.temp_dir,
+                                             "output_dir": s.output_dir})
+        _log.info("daemon.file_io", file_io=file_io.mode, configured=s.file_io, reason=file_io.reason)
+        self.registry = DownloaderRegistry(s, file_io)
         self.manager = DownloadManager(
             self.registry.downloaders, s.output_dir, max_concurrent=s.max_concurrent, temp_root=s.temp_dir,
             progress_interval=s.download.progress_interval, on_outcome=self.outcomes.conclude,
             on_finished=self._task_finished, resolve_auto=self.registry.resolve_auto,
-            max_running_per_owner=s.max_running_per_submitter,
+            max_running_per_owner=s.max_running_per_submitter, file_io=file_io,
         )
         self.intake = Intake(lambda: self.settings, self.manager, self.outcomes, self.registry, self.live,
                              wake=self._scan_wanted.set)

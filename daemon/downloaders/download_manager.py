@@ -48,6 +48,7 @@ from daemon.downloaders.progress import progress_reporter
 from daemon.downloaders.ytdlp.result import folder_result
 from daemon.events import bind_correlation_id, get_logger
 from daemon.faultpoints import apause_point, crash_point
+from daemon.file_io import FileIo
 from daemon.postprocess import postprocess_step
 from daemon.publish import find_linked_publication, recover_publication
 from daemon.publish_folder import recover_folder
@@ -68,7 +69,7 @@ class DownloadManager:
     ``on_outcome(task)`` recibe una sola vez el desenlace de cada tarea (``task.state``:
     succeeded, failed, cancelled o interrupted) y lo hace durable: es el único sitio que escribe
     registros terminales. Para un éxito se llama tras publicar y antes de borrar el directorio
-    aislado (en un hilo de trabajo): una caída después no repite la descarga. Si lanza
+    aislado (en un hilo, o en el bucle según ``file_io``): una caída después no la repite. Si lanza
     ``OSError`` en un éxito, la publicación se retira y se reintenta como un fallo de
     almacenamiento. ``on_finished(task)`` se llama al final de todo, para la contabilidad.
     """
@@ -85,24 +86,23 @@ class DownloadManager:
         fsync: bool = True,
         resolve_auto: Callable[[DownloadOptions], Awaitable[str]] | None = None,
         max_running_per_owner: int = 0,
+        file_io: FileIo | None = None,
     ) -> None:
         self.downloaders = downloaders
         self.output_root = output_root
         self.max_concurrent = max_concurrent
         self.temp_root = temp_root
         self.progress_interval = progress_interval
-        self.on_outcome = on_outcome
-        self.on_finished = on_finished
+        self.on_outcome, self.on_finished = on_outcome, on_finished
         self.fsync = fsync
-        self.finisher = Finisher(output_root, fsync, on_outcome)
+        self.finisher = Finisher(output_root, fsync, on_outcome, file_io)
         self.resolve_auto = resolve_auto
         self.tasks: dict[str, DownloadTask] = {}
         self._heap: FairQueue[DownloadTask] = FairQueue(max_running_per_owner)  # turnos por remitente
         self._running: set[DownloadTask] = set()
         self._seq = itertools.count()
-        self._idle = asyncio.Event()
+        self._idle, self._stopping = asyncio.Event(), False
         self._idle.set()
-        self._stopping = False
 
     # --- API pública ----------------------------------------------------------------------
     @property

@@ -26,7 +26,6 @@ direcciones), ``http_response`` (estado, Location, Retry-After, nombre del archi
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
 import time
 from collections import deque
@@ -76,9 +75,9 @@ from daemon.downloaders.http_session import new_session
 from daemon.downloaders.http_sink import WRITE_BATCH, Sink
 from daemon.downloaders.http_splice import can_splice, splice_body
 from daemon.downloaders.netguard import session_tls
-from daemon.durable import fsync_dir
 from daemon.events import redact
 from daemon.faultpoints import crash_point
+from daemon.file_io import FileIo
 from daemon.manifest_routing import MANIFEST_CONTENT_TYPES
 
 __all__ = ["META_NAME", "PART_NAME", "WRITE_BATCH", "HttpDownloader"]
@@ -100,8 +99,9 @@ class HttpDownloader:
     name = "http"
 
     def __init__(self, fsync: bool = True, user_agent: str = "videonote-dl/0.1",
-                 ca_bundle: Path | None = None) -> None:
+                 ca_bundle: Path | None = None, file_io: FileIo | None = None) -> None:
         self.fsync = fsync
+        self.file_io = file_io or FileIo(False, "default")
         self.user_agent = user_agent
         self._ssl = session_tls(ca_bundle)
         self._sessions: dict[tuple[bool, tuple[str, ...]], aiohttp.ClientSession] = {}
@@ -288,8 +288,12 @@ class HttpDownloader:
                 tail: list[bytes] = await splice_body(response, sink, total, options.timeout, progress, writer)
             else:
                 tail = await self._stream(response, sink, options, total, progress, loop, writer)
-            # Un solo salto al hilo de escritura: cola del cuerpo, fsync, nombre final y fsync de la carpeta.
-            complete = await loop.run_in_executor(writer, self._finish_body, sink, tail, part, final, total)
+            # Cola del cuerpo, fsync, nombre final y fsync de la carpeta: un solo salto al hilo de
+            # escritura, o ninguno si el cuerpo es pequeño y nada espera a un disco (``file_io``).
+            if small and total is not None and self.file_io.runs_inline(total):
+                complete = sink.complete_as(tail, final, total, self.fsync)
+            else:
+                complete = await loop.run_in_executor(writer, sink.complete_as, tail, final, total, self.fsync)
         except OSError as exc:
             raise StorageError(f"cannot write the download: {exc.strerror}", errno=exc.errno) from None
         finally:
@@ -304,18 +308,6 @@ class HttpDownloader:
             final_url=redact(str(response.url)),
             resumed=resumed,
         )
-
-    def _finish_body(self, sink: Sink, tail: list[bytes], part: Path, final: Path, total: int | None) -> bool:
-        """En el hilo de escritura: la cola del cuerpo y su fsync; si está completo, el nombre final
-        y el fsync de la carpeta (durable antes de publicar: la recuperación lo busca por inodo).
-        False si el cuerpo quedó corto (no se renombra)."""
-        sink.write_and_finish(tail, self.fsync)
-        if total is not None and sink.size != total:
-            return False
-        os.replace(part, final)
-        if self.fsync:
-            fsync_dir(final.parent)
-        return True
 
     async def _stream(
         self,

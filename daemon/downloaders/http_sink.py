@@ -10,6 +10,8 @@ import hashlib
 import os
 from pathlib import Path
 
+from daemon.durable import fsync_dir
+
 __all__ = ["WRITE_BATCH", "Sink"]
 
 WRITE_BATCH = 512 * 1024
@@ -58,6 +60,18 @@ class Sink:
         if chunks:
             self.write(chunks)
         self.finish(fsync)
+
+    def complete_as(self, tail: list[bytes], final: Path, total: int | None, fsync: bool) -> bool:
+        """La cola del cuerpo y su fsync; si está completo (``total`` bytes), el nombre final y el
+        fsync de la carpeta (durable antes de publicar: la recuperación lo busca por inodo).
+        False si el cuerpo quedó corto (no se renombra)."""
+        self.write_and_finish(tail, fsync)
+        if total is not None and self.size != total:
+            return False
+        os.replace(self.path, final)
+        if fsync:
+            fsync_dir(final.parent)
+        return True
 
     def finish(self, fsync: bool) -> None:
         if fsync:

@@ -1,7 +1,9 @@
 """El final del camino de un trabajo: publicar y registrar, pasado el punto de no retorno.
 
 Cada intento pasa el punto (``DownloadTask.committed``) y corre entero en un hilo de trabajo,
-protegido de la cancelación: publicar (``link()`` o copia preparada) y escribir el registro
+protegido de la cancelación, o de una vez en el bucle (``file_io``: un archivo pequeño en
+sistemas de archivos de memoria, donde nada espera a un disco; sin un ``await`` en medio, nada
+lo interrumpe): publicar (``link()`` o copia preparada) y escribir el registro
 terminal (``on_outcome``). Sin registro no hay éxito: si no se puede escribir, el nombre público
 se retira. Un fallo de almacenamiento pasajero (ENOSPC, EDQUOT, EIO) no deja nada en la salida y
 devuelve el trabajo a antes del punto; la espera hasta el siguiente intento sí se puede cancelar.
@@ -18,7 +20,8 @@ from pathlib import Path
 from daemon.downloaders.base import DownloadResult, StorageError
 from daemon.downloaders.download_task import DownloadTask, TaskState
 from daemon.events import get_logger
-from daemon.faultpoints import crash_point, pause_point
+from daemon.faultpoints import crash_point, pause_point, pauses_enabled
+from daemon.file_io import FileIo
 from daemon.publish import STAGING_DIR, publish_file, unpublish
 from daemon.publish_folder import publish_folder, unpublish_folder
 from daemon.publish_journal import journal_paths
@@ -33,10 +36,12 @@ _TRANSIENT_PUBLISH_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO}
 class Finisher:
     """Publica y registra el resultado de una tarea (``commit``); ``on_outcome`` escribe el registro."""
 
-    def __init__(self, output_root: Path, fsync: bool, on_outcome: Callable[[DownloadTask], None] | None) -> None:
+    def __init__(self, output_root: Path, fsync: bool, on_outcome: Callable[[DownloadTask], None] | None,
+                 file_io: FileIo | None = None) -> None:
         self.output_root = output_root
         self.fsync = fsync
         self.on_outcome = on_outcome
+        self.file_io = file_io or FileIo(False, "default")
 
     def journals(self, job_id: str) -> tuple[Path, Path]:
         """Los diarios de publicación del trabajo (archivo, carpeta): ``publish_journal``."""
@@ -46,17 +51,21 @@ class Finisher:
         """Publicar y registrar: el punto de no retorno.
 
         Cada intento pasa el punto (``committed``) y corre entero en un hilo, protegido de la
-        cancelación. Un fallo de almacenamiento pasajero no deja nada en la salida y devuelve el
-        trabajo a antes del punto: la espera hasta el siguiente intento sí se puede cancelar o
-        interrumpir.
+        cancelación, o en el bucle sin soltarlo (``file_io``). Un fallo de almacenamiento pasajero
+        no deja nada en la salida y devuelve el trabajo a antes del punto: la espera hasta el
+        siguiente intento sí se puede cancelar o interrumpir.
         """
         loop = asyncio.get_running_loop()
+        inline = self.file_io.runs_inline(result.size) and not pauses_enabled()
         while True:
             task.committed, task.state = True, TaskState.PUBLISHING
             task.publish_attempts += 1
-            work = loop.run_in_executor(None, self._publish_and_record, task, result, recovered)
             try:
-                await self._shielded(work)
+                if inline:
+                    self._publish_and_record(task, result, recovered)
+                else:
+                    await self._shielded(loop.run_in_executor(None, self._publish_and_record, task, result,
+                                                              recovered))
                 return result
             except StorageError as exc:
                 if exc.details.get("errno") not in _TRANSIENT_PUBLISH_ERRNOS or \
@@ -89,7 +98,8 @@ class Finisher:
         work.result()
 
     def _publish_and_record(self, task: DownloadTask, result: DownloadResult, recovered: bool) -> None:
-        """En un hilo de trabajo: publicar por ``link()`` (o copia) y escribir el registro terminal."""
+        """En un hilo de trabajo (o en el bucle): publicar por ``link()`` (o copia) y escribir el
+        registro terminal."""
         job_id = task.correlation_id
         pause_point("publishing", job_id)
         if recovered:  # publicado en una vida anterior: su diario, si lo hubo, se retira tras el registro

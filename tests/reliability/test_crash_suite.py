@@ -38,7 +38,8 @@ def _final_checks(daemon: DaemonProcess, expected: dict[str, str | None]) -> Non
 
 
 @pytest.mark.slow
-def test_random_sigkills_lose_nothing(tmp_path: Path, test_server: TestServer) -> None:
+@pytest.mark.parametrize("file_io", ["auto", "inline"])
+def test_random_sigkills_lose_nothing(tmp_path: Path, test_server: TestServer, file_io: str) -> None:
     rng = random.Random(20261124)
     expected: dict[str, str | None] = {}
     for n in range(100):
@@ -47,7 +48,7 @@ def test_random_sigkills_lose_nothing(tmp_path: Path, test_server: TestServer) -
         slow = n % 7 == 0
         test_server.add(f"/c{n}.bin", Behavior(data=data, rate=1_000_000 if slow else None, chunk=64 * 1024))
         expected[f"c{n}"] = hashlib.sha256(data).hexdigest()
-    daemon = DaemonProcess(tmp_path, max_concurrent=6, rescan_interval="500ms",
+    daemon = DaemonProcess(tmp_path, max_concurrent=6, rescan_interval="500ms", file_io=file_io,
                            download={"backoff": "50ms", "retries": 5})
     daemon.start()
     for n in range(100):
@@ -63,11 +64,21 @@ def test_random_sigkills_lose_nothing(tmp_path: Path, test_server: TestServer) -
     assert daemon.count_events("job.requeued") > 0  # las caídas sí interrumpieron trabajos
 
 
-@pytest.mark.parametrize("point", CRASH_POINTS)
-def test_crash_at_each_instrumented_step(tmp_path: Path, test_server: TestServer, point: str) -> None:
-    data = os.urandom(3 * 1024 * 1024)
+# En un hilo (un archivo de 3 MiB) y en el bucle (``file_io: inline``): con 300 KiB el cuerpo se
+# cierra y se publica en el bucle; con 900 KiB se escribe por lotes (pasa por ``mid_download``) y
+# sólo la publicación y el registro van en el bucle.
+CRASH_CASES = [pytest.param(point, "auto", 3 * 1024 * 1024, id=point) for point in CRASH_POINTS] + [
+    pytest.param(point, "inline", size, id=f"{point}-inline-{size // 1024}k")
+    for size in (300 * 1024, 900 * 1024) for point in CRASH_POINTS
+    if not (point == "mid_download" and size < 512 * 1024)]
+
+
+@pytest.mark.parametrize(("point", "file_io", "size"), CRASH_CASES)
+def test_crash_at_each_instrumented_step(tmp_path: Path, test_server: TestServer, point: str, file_io: str,
+                                         size: int) -> None:
+    data = os.urandom(size)
     url = test_server.add("/p.bin", Behavior(data=data))
-    daemon = DaemonProcess(tmp_path)
+    daemon = DaemonProcess(tmp_path, file_io=file_io)
     daemon.start(env={"VIDEONOTE_DL_TEST_HOOKS": "1", "VIDEONOTE_DL_CRASH_AT": point})
     daemon.drop_job({"url": url, "id": "p1"})
     assert daemon.proc is not None
@@ -77,6 +88,8 @@ def test_crash_at_each_instrumented_step(tmp_path: Path, test_server: TestServer
     daemon.start()  # sin ganchos: debe terminar el trabajo
     folder, record = daemon.wait_record("p1")
     assert folder == "done", record
+    assert [e["file_io"] for e in daemon.events(name="daemon.file_io")][-1:] == [
+        "inline" if file_io == "inline" else "thread"]
     assert daemon.stop() == 0
     _final_checks(daemon, {"p1": hashlib.sha256(data).hexdigest()})
     published = list(daemon.output.iterdir())
