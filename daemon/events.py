@@ -278,11 +278,19 @@ def _scrub_value(value: Any) -> Any:
     return value
 
 
+# Valores que nunca llevan un secreto: se saltan por su tipo exacto (más barato que isinstance con
+# una unión, y esto corre para cada clave de cada evento).
+_SCALARS = frozenset({int, float, bool, type(None)})
+
+
 def _scrub_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in event_dict.items():
         if key.lower() in _SECRET_KEYS:
             event_dict[key] = "***"
-        elif not isinstance(value, int | float | bool | None):
+        elif value.__class__ is str:
+            if "@" in value or "=" in value:
+                event_dict[key] = redact(value)
+        elif value.__class__ not in _SCALARS:
             event_dict[key] = _scrub_value(value)
     return event_dict
 
@@ -297,11 +305,12 @@ def _order_keys(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]
     return ordered
 
 
+_NOT_EXTRAS = frozenset({"ts", "level", "event", "correlation_id"})
+
+
 def _echo_to_stderr(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     if _stderr_enabled:
-        extras = " ".join(
-            f"{k}={v}" for k, v in event_dict.items() if k not in ("ts", "level", "event", "correlation_id")
-        )
+        extras = " ".join([f"{k}={v}" for k, v in event_dict.items() if k not in _NOT_EXTRAS])
         cid = event_dict.get("correlation_id")
         prefix = f"[{cid}] " if cid else ""
         line = f"{event_dict['level'].upper():7} {event_dict['event']} {prefix}{extras}".rstrip()
