@@ -20,7 +20,7 @@ import os
 import signal
 import time
 
-__all__ = ["CRASH_POINTS", "PAUSE_POINTS", "apause_point", "crash_point", "pause_point", "pauses_enabled"]
+__all__ = ["CRASH_POINTS", "PAUSE_POINTS", "apause_point", "crash_point", "pause_armed", "pause_point"]
 
 CRASH_POINTS = (
     "after_claim",       # archivo movido a active/, aún sin analizar
@@ -92,9 +92,9 @@ def _leave(go: str) -> None:
             os.unlink(path)
 
 
-def pauses_enabled() -> bool:
-    """Si las pruebas pueden pausar pasos (entonces un paso bloqueante no puede correr en el bucle)."""
-    return _PAUSE_DIR is not None
+def pause_armed(*steps: str) -> bool:
+    """Si una prueba armó alguno de estos pasos (un paso bloqueante armado no puede correr en el bucle)."""
+    return _PAUSE_DIR is not None and any(os.path.exists(os.path.join(_PAUSE_DIR, step)) for step in steps)
 
 
 def pause_point(step: str, job_id: str | None = None) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from daemon.downloaders.base import DownloadResult, StorageError
 from daemon.downloaders.download_task import DownloadTask, TaskState
 from daemon.events import get_logger
-from daemon.faultpoints import crash_point, pause_point, pauses_enabled
+from daemon.faultpoints import crash_point, pause_armed, pause_point
 from daemon.file_io import FileIo
 from daemon.publish import STAGING_DIR, publish_file, unpublish
 from daemon.publish_folder import publish_folder, unpublish_folder
@@ -31,6 +31,7 @@ __all__ = ["Finisher"]
 _log = get_logger()
 # Fallos de almacenamiento al publicar que pueden pasar solos (se libera espacio, vuelve el disco).
 _TRANSIENT_PUBLISH_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO}
+_STEPS = ("publishing", "published", "recorded")  # sus puntos de pausa (bloqueantes)
 
 
 class Finisher:
@@ -56,12 +57,12 @@ class Finisher:
         siguiente intento sí se puede cancelar o interrumpir.
         """
         loop = asyncio.get_running_loop()
-        inline = self.file_io.runs_inline(result.size) and not pauses_enabled()
         while True:
             task.committed, task.state = True, TaskState.PUBLISHING
             task.publish_attempts += 1
             try:
-                if inline:
+                # Una pausa de prueba armada en uno de sus pasos bloquearía el bucle: entonces, el hilo.
+                if self.file_io.runs_inline(result.size) and not pause_armed(*_STEPS):
                     self._publish_and_record(task, result, recovered)
                 else:
                     await self._shielded(loop.run_in_executor(None, self._publish_and_record, task, result,

@@ -4,7 +4,9 @@ Para cada paso S (``daemon.faultpoints.PAUSE_POINTS`` más ``downloading``, que 
 a mitad del cuerpo, y ``downloading_spliced``, lo mismo con un cuerpo grande que va por
 ``splice(2)``: el hilo que mueve socket -> tubería -> archivo y el del sha256 están vivos cuando
 llega la interrupción), cada interrupción I y cada disposición de discos (salida en el mismo sistema
-de archivos que los temporales, o en otro), la prueba:
+de archivos que los temporales, o en otro; y ``inline``: la misma que la primera con ``file_io:
+inline``, el final del trabajo en el bucle, en cada paso que no lo pausa a él: una pausa armada en
+``publishing``, ``published`` o ``recorded`` devuelve ese final al hilo), la prueba:
 
 1. arranca el daemon real con el paso S armado (``VIDEONOTE_DL_PAUSE_DIR``) y deja un trabajo;
 2. espera a que el trabajo llegue a S (``S.reached``), sin dormir a ciegas;
@@ -53,10 +55,13 @@ STEPS = (*PAUSE_POINTS[:3], "downloading", "downloading_spliced", *PAUSE_POINTS[
 HELD_STEPS = ("downloading", "downloading_spliced")  # retenidos por el servidor, no por una pausa
 INTERRUPTIONS = ("cancel_file", "cli_cancel", "sigterm_grace0", "two_sigterms", "sigterm_grace", "sigkill_restart",
                  "sighup", "second_daemon", "output_full", "event_log_full", "host_lost")
-LAYOUTS = ("same_fs", "cross_fs")
+LAYOUTS = ("same_fs", "cross_fs", "inline")
+# En ``inline`` sobran los pasos que sólo se pausan en el hilo, y el cuerpo grande (nunca en el bucle).
+NOT_INLINE = ("downloading_spliced", "publishing", "published", "recorded")
 CASES = [pytest.param(step, interruption, layout, id=f"{step}-{interruption}-{layout}")
          for step in STEPS for interruption in INTERRUPTIONS for layout in LAYOUTS
-         if not (interruption == "host_lost" and layout == "same_fs")]
+         if not (interruption == "host_lost" and layout != "cross_fs")
+         and not (layout == "inline" and step in NOT_INLINE)]
 POINT_OF_NO_RETURN = STEPS.index("publishing")
 JOB_ID = "m1"
 SIZE = 192 * 1024
@@ -80,7 +85,7 @@ class _Case:
     """Un caso de la matriz: su daemon, su servidor y cómo pausar, interrumpir y soltar."""
 
     def __init__(self, base: Path, server: TestServer, step: str, interruption: str, temp_dir: Path,
-                 output_dir: Path, event_log: Path) -> None:
+                 output_dir: Path, event_log: Path, file_io: str = "auto") -> None:
         self.base, self.step, self.interruption = base, step, interruption
         self.data = os.urandom(SPLICED_SIZE if step == "downloading_spliced" else SIZE)
         self.sha = hashlib.sha256(self.data).hexdigest()
@@ -96,6 +101,7 @@ class _Case:
         self.overrides: dict[str, Any] = {
             "temp_dir": str(temp_dir), "output_dir": str(output_dir), "event_log": str(event_log),
             "max_concurrent": 1, "shutdown_grace": grace, "rescan_interval": "300ms", "ytdlp": {"enabled": False},
+            "file_io": file_io,
             "download": {"allow_private_networks": True, "backoff": "50ms", "retries": 6, "timeout": "30s"},
         }
         self.daemon = DaemonProcess(base / "d", **self.overrides)
@@ -226,7 +232,7 @@ def _layout(tmp_path: Path, layout: str, interruption: str,
     with contextlib.ExitStack() as stack:
         # Cabe el cuerpo grande tres veces: la parte, la copia de staging y la publicada.
         out_fs = stack.enter_context(mounted_tmpfs(tmp_path / "out-fs", f"size={size_mib}m,mode=0755"))
-        temp_dir = out_fs / "tmp" if layout == "same_fs" else tmp_path / "tmp"
+        temp_dir = tmp_path / "tmp" if layout == "cross_fs" else out_fs / "tmp"
         event_log = tmp_path / "log" / "events.jsonl"
         fill: Path | None = None
         if interruption == "output_full":
@@ -243,7 +249,8 @@ def test_interruption_at_each_step(tmp_path: Path, test_server: TestServer, step
                                    layout: str) -> None:
     size_mib = 32 if step == "downloading_spliced" else 4
     with _layout(tmp_path, layout, interruption, size_mib) as (temp_dir, output_dir, event_log, fill):
-        case = _Case(tmp_path, test_server, step, interruption, temp_dir, output_dir, event_log)
+        case = _Case(tmp_path, test_server, step, interruption, temp_dir, output_dir, event_log,
+                     file_io="inline" if layout == "inline" else "auto")
         d = case.daemon
         try:
             case.start_paused()
@@ -294,6 +301,9 @@ def _check_invariants(case: _Case, folder: str, record: dict[str, Any]) -> None:
         reap = reap_temp_root(load_settings(daemon.config_path).temp_dir, max_age=0)
         assert reap.errors == 0
         assert not daemon.temp_dirs(), f"temp dirs left after a reaper pass: {daemon.temp_dirs()}"
+    if case.overrides["file_io"] == "inline":
+        modes = [e["file_io"] for daemon in daemons for e in daemon.events(name="daemon.file_io")]
+        assert modes and set(modes) == {"inline"}, modes
     want = _expected_outcome(case.step, case.interruption)
     assert want is None or record["outcome"] == want, (want, record)
     succeeded = record["outcome"] == "succeeded"
