@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from daemon import FileIo, choose_file_io
 from daemon.config import load_settings
 from daemon.downloaders.base import DownloadOptions
 from daemon.downloaders.download_manager import DownloadManager
 from daemon.downloaders.download_task import DownloadTask
 from daemon.downloaders.http_downloader import HttpDownloader
-from daemon.file_io import INLINE_MAX_BYTES, FileIo, choose_file_io
+from daemon.file_io import INLINE_MAX_BYTES
 from daemon.verify import verify_spool
 from tests.support.daemon_proc import DaemonProcess
 from tests.support.http_server import Behavior, TestServer
