@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         with www_area as www, work_area as work:
             server = start_server(www, work / "nginx", tools.get("nginx"))
             storage = (f"served files: {www_area.kind}; spool, temp dirs, outputs and event log: {work_area.kind} "
-                       "(the disk is not what is measured)")
+                       "(the disk is not what is measured; on tmpfs the daemon's file_io: auto is inline, "
+                       "so each job ends on the event loop)")
             log(f"server: {server.description} at {server.base_url}")
             ctx = BenchContext(www=www, work=work, base_url=server.base_url, tools=tools, runs=args.runs,
                                quick=args.quick, smoke=args.smoke, profile=args.profile,
