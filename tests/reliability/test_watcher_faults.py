@@ -73,6 +73,7 @@ def test_incoming_deleted_and_recreated_is_watched_again(tmp_path: Path, test_se
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # ~160 s sola en 2 núcleos; con la suite en paralelo, el doble: el plazo es el de su espera
 def test_burst_of_120000_job_files_is_fully_claimed(tmp_path: Path) -> None:
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("needs root to mount a tmpfs for the spool (CI runs as root)")
