@@ -103,6 +103,11 @@ class PowerFS:
         """Cortar justo antes de la frontera número ``boundary`` (contando desde el montaje)."""
         self.command(f"arm {boundary}")
 
+    def arm_match(self, pattern: str, occurrence: int = 1) -> None:
+        """Cortar justo antes de la ``occurrence``-ésima frontera, desde ahora, cuya línea de la
+        traza (``tipo ruta``, p. ej. ``fsyncdir /spool/incoming``) case con ``pattern``."""
+        self.command(f"arm_match {occurrence} {pattern}")
+
     def kill_on_cut(self, pid: int | None) -> None:
         self.command(f"pid {pid or ''}")
 

@@ -34,6 +34,7 @@ import errno
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import stat
@@ -111,6 +112,9 @@ class PowerFS(pyfuse3.Operations):
         self.counts: dict[str, int] = {}
         self.trace: list[str] = []
         self.arm_at: int | None = None
+        # Cortar antes de la N-ésima frontera cuya línea ("tipo ruta") case con un patrón: no depende
+        # de cuántas fronteras de fondo (estado, barridos) caigan antes, como sí un número absoluto.
+        self.arm_match: tuple[re.Pattern[str], int] | None = None
         self.kill_pid: int | None = None
         self.cut_reason: str | None = None
         self._load()
@@ -212,6 +216,12 @@ class PowerFS(pyfuse3.Operations):
         if self.arm_at is not None and self.boundaries >= self.arm_at:
             self.cut(f"before boundary {self.boundaries}: {kind} {desc}")
             raise pyfuse3.FUSEError(errno.EIO)
+        if self.arm_match is not None and self.arm_match[0].search(f"{kind} {desc}"):
+            pattern, left = self.arm_match
+            self.arm_match = (pattern, left - 1)
+            if left <= 1:
+                self.cut(f"before boundary {self.boundaries}: {kind} {desc}")
+                raise pyfuse3.FUSEError(errno.EIO)
 
     def _alive(self) -> None:
         if self.cut_reason is not None:
@@ -564,6 +574,10 @@ class PowerFS(pyfuse3.Operations):
         if command == "arm":
             self.arm_at = int(arg)
             return {"armed": self.arm_at}
+        if command == "arm_match":
+            occurrence, _, pattern = arg.partition(" ")
+            self.arm_match = (re.compile(pattern), int(occurrence))
+            return {"armed": pattern, "occurrence": int(occurrence)}
         if command == "pid":
             self.kill_pid = int(arg) if arg else None
             return {"pid": self.kill_pid}
