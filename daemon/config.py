@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from daemon import config_values as cv
+from daemon.file_io import FILE_IO_MODES
 from daemon.postprocess import PostprocessSettings, ffmpeg_setting, parse_profiles
 from daemon.producer_settings import PRODUCER_SETTINGS, ProducerSettings
 from daemon.units import parse_duration
@@ -155,7 +156,7 @@ SCHEMA: tuple[SettingSpec, ...] = (
     SettingSpec("file_io", "auto|thread|inline", "auto", False, "where a small job's last file-system calls "
                 "(fsync, publish, record) run: thread, so a slow disk never stalls the daemon; inline, on the "
                 "event loop (~1 ms less CPU per job); auto: inline only if spool, temp and output are on tmpfs/ramfs",
-                cv.choice("auto", "thread", "inline")),
+                cv.choice(*FILE_IO_MODES)),
     SettingSpec("rescan_interval", "duration", "5s", True, "periodic rescan of incoming/ and sweep of active/ "
                 "for a dead daemon's claims", cv.positive_duration),
     SettingSpec("shutdown_grace", "duration", "30s", True,

@@ -10,7 +10,7 @@ milisegundos y pararía todo el daemon): ``file_io: auto`` corre en el bucle só
 los temporales y la salida están en sistemas de archivos de memoria (tmpfs, ramfs), donde
 ``fsync`` no espera a nada; ``thread`` e ``inline`` lo fijan a mano. Aun en el bucle, sólo van
 ahí los archivos de hasta ``INLINE_MAX_BYTES`` (una copia entre sistemas de archivos de un archivo
-grande sí tarda), y nunca con los puntos de pausa de las pruebas armados (bloquearían el bucle).
+grande sí tarda), y nunca con una pausa de prueba armada en uno de sus pasos (bloquearía el bucle).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from daemon.fs_kind import fs_kind
 
-__all__ = ["FILE_IO_MODES", "INLINE_MAX_BYTES", "MEMORY_FILESYSTEMS", "FileIo", "choose_file_io"]
+__all__ = ["FILE_IO_MODES", "INLINE_MAX_BYTES", "MEMORY_FILESYSTEMS", "THREADED", "FileIo", "choose_file_io"]
 
 FILE_IO_MODES = ("auto", "thread", "inline")
 INLINE_MAX_BYTES = 1024 * 1024
@@ -42,6 +42,10 @@ class FileIo:
     def runs_inline(self, size: int) -> bool:
         """Si el final de un trabajo de ``size`` bytes corre en el bucle."""
         return self.inline and size <= INLINE_MAX_BYTES
+
+
+# Fuera del daemon (la API del plan, las pruebas), sin elección: el hilo de siempre.
+THREADED = FileIo(False, "the default outside the daemon")
 
 
 def choose_file_io(configured: str, places: dict[str, Path]) -> FileIo:

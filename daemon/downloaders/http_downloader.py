@@ -77,7 +77,7 @@ from daemon.downloaders.http_splice import can_splice, splice_body
 from daemon.downloaders.netguard import session_tls
 from daemon.events import redact
 from daemon.faultpoints import crash_point
-from daemon.file_io import FileIo
+from daemon.file_io import THREADED, FileIo
 from daemon.manifest_routing import MANIFEST_CONTENT_TYPES
 
 __all__ = ["META_NAME", "PART_NAME", "WRITE_BATCH", "HttpDownloader"]
@@ -101,7 +101,7 @@ class HttpDownloader:
     def __init__(self, fsync: bool = True, user_agent: str = "videonote-dl/0.1",
                  ca_bundle: Path | None = None, file_io: FileIo | None = None) -> None:
         self.fsync = fsync
-        self.file_io = file_io or FileIo(False, "default")
+        self.file_io = file_io or THREADED
         self.user_agent = user_agent
         self._ssl = session_tls(ca_bundle)
         self._sessions: dict[tuple[bool, tuple[str, ...]], aiohttp.ClientSession] = {}

@@ -21,7 +21,7 @@ from daemon.downloaders.base import DownloadResult, StorageError
 from daemon.downloaders.download_task import DownloadTask, TaskState
 from daemon.events import get_logger
 from daemon.faultpoints import crash_point, pause_armed, pause_point
-from daemon.file_io import FileIo
+from daemon.file_io import THREADED, FileIo
 from daemon.publish import STAGING_DIR, publish_file, unpublish
 from daemon.publish_folder import publish_folder, unpublish_folder
 from daemon.publish_journal import journal_paths
@@ -42,7 +42,7 @@ class Finisher:
         self.output_root = output_root
         self.fsync = fsync
         self.on_outcome = on_outcome
-        self.file_io = file_io or FileIo(False, "default")
+        self.file_io = file_io or THREADED
 
     def journals(self, job_id: str) -> tuple[Path, Path]:
         """Los diarios de publicación del trabajo (archivo, carpeta): ``publish_journal``."""
