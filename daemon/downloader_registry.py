@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,6 +29,7 @@ class DownloaderRegistry:
         self.downloaders: dict[str, Downloader] = {"http": http}
         self._extractor_index_ready = False
         self._index_lock = asyncio.Lock()
+        self._extractor_cache_dir = settings.temp_dir  # la tabla guardada entre arranques (extractor_cache)
         if settings.ytdlp.enabled:
             self._add_ytdlp(settings)
 
@@ -93,12 +95,16 @@ class DownloaderRegistry:
         return downloader
 
     async def _warm_extractor_index(self) -> None:
-        """Prepara la tabla de extractores de yt-dlp fuera del bucle (un proceso hijo, ~1,4 s una vez),
-        justo antes del primer trabajo ``auto``: el daemon ocioso no paga ni ese tiempo ni esa memoria."""
+        """Prepara la tabla de extractores de yt-dlp fuera del bucle, justo antes del primer trabajo
+        ``auto`` (el daemon ocioso no paga ni ese tiempo ni esa memoria): la copia guardada en
+        ``temp_dir`` si es la del yt-dlp instalado; si no, un proceso hijo (~1 s de CPU)."""
         from daemon.downloaders.ytdlp import preload_extractors
 
+        started = time.monotonic()
         try:
-            await asyncio.to_thread(preload_extractors)
+            source = await asyncio.to_thread(preload_extractors, self._extractor_cache_dir)
+            _log.info("daemon.extractor_table", source=source,
+                      duration_ms=round((time.monotonic() - started) * 1000, 1))
         except Exception as exc:
             _log.warning("daemon.error", where="ytdlp_index", error=repr(exc))
         self._extractor_index_ready = True

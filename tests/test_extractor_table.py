@@ -7,14 +7,21 @@ son de ningún sitio; y se comprueba que el daemon no importa yt_dlp para decidi
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import orjson
 import pytest
 
 from daemon.downloaders.ytdlp import extractors
+from daemon.downloaders.ytdlp.extractor_cache import CACHE_NAME, cache_key
 from daemon.downloaders.ytdlp.extractor_table import ExtractorTable, load_table_from_child
+from daemon.reaper import reap_temp_root
+from tests.support.daemon_proc import DaemonProcess
+from tests.support.http_server import Behavior, TestServer
 
 _PLAIN = [
     "http://127.0.0.1:8080/media/clip.mp4", "https://example.org/file.bin", "https://example.org/",
@@ -88,3 +95,64 @@ def test_ytdlp_is_never_imported_by_the_daemon_to_route() -> None:
     imported, grown = proc.stdout.split()
     assert imported == "False"
     assert float(grown) < 6.0, f"routing grew RSS by {grown} MiB"
+
+
+def test_the_child_reads_flags_as_re_compile_would(table: ExtractorTable) -> None:
+    # El hijo ya no compila los patrones: saca las banderas del análisis. Deben ser las de re.compile.
+    sample = table.entries[::5]
+    assert any(entry.flags & re.VERBOSE for entry in table.entries)  # hay patrones con (?x): la muestra dice algo
+    for entry in sample:
+        assert re.compile(entry.source).flags == entry.flags, entry.key
+
+
+def _cached_key(folder: Path) -> bytes:
+    return (folder / CACHE_NAME).read_bytes().split(b"\n", 1)[0]
+
+
+def test_the_table_is_kept_in_the_temp_dir_and_rebuilt_when_it_does_not_match(tmp_path: Path) -> None:
+    first = load_table_from_child(tmp_path)
+    assert first.source == "child"
+    key = cache_key(first.version)
+    assert key is not None and first.version in key
+    assert _cached_key(tmp_path) == key.encode()
+    body = (tmp_path / CACHE_NAME).read_bytes().split(b"\n", 1)[1]
+
+    # Una copia con la clave de este yt-dlp se usa tal cual (se nota en la versión marcada).
+    marked = orjson.loads(body)
+    marked["version"] = "marked-copy"
+    (tmp_path / CACHE_NAME).write_bytes(key.encode() + b"\n" + orjson.dumps(marked))
+    again = load_table_from_child(tmp_path)
+    assert (again.source, again.version) == ("cache", "marked-copy")
+    assert [e.source for e in again.entries] == [e.source for e in first.entries]
+    assert again.first_claim("https://www.youtube.com/watch?v=dQw4w9WgXcQ") == "Youtube"
+
+    # Otra clave (otro yt-dlp, otro daemon, otro Python) o una copia rota: se rehace y se reescribe.
+    for stale in (b"format=1 yt-dlp=1999.01.01\n" + body, key.encode() + b"\n" + body[: len(body) // 2]):
+        (tmp_path / CACHE_NAME).write_bytes(stale)
+        rebuilt = load_table_from_child(tmp_path)
+        assert (rebuilt.source, rebuilt.version) == ("child", first.version)
+        assert _cached_key(tmp_path) == key.encode()
+        assert orjson.loads((tmp_path / CACHE_NAME).read_bytes().split(b"\n", 1)[1]) == orjson.loads(body)
+
+    # Sin poder escribir (carpeta que no existe), la tabla vale igual y no queda nada a medias.
+    missing = tmp_path / "gone"
+    assert load_table_from_child(missing).source == "child"
+    assert not missing.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(CACHE_NAME)) == [CACHE_NAME]  # sin .tmp
+
+
+def test_a_restarted_daemon_routes_with_the_saved_table(tmp_path: Path, test_server: TestServer) -> None:
+    url = test_server.add("/page-or-file", Behavior(data=b"x" * 5000))
+    daemon = DaemonProcess(tmp_path)
+    for life, expected in enumerate(("child", "cache")):
+        with daemon:
+            daemon.drop_job({"url": url, "id": f"auto-{life}"})  # downloader auto: consulta la tabla
+            folder, _record = daemon.wait_record(f"auto-{life}", timeout=60)
+            assert folder == "done"
+            [event] = daemon.events(name="daemon.extractor_table")[life:]
+            assert event["source"] == expected, event
+        assert (daemon.temp_root / CACHE_NAME).is_file()
+        # El recolector sólo toca videonote_*: la tabla guardada sobrevive a una pasada sin edad mínima.
+        reap_temp_root(daemon.temp_root, max_age=0)
+        assert (daemon.temp_root / CACHE_NAME).is_file()
+        assert daemon.temp_dirs() == []

@@ -2,7 +2,7 @@
 
 Importar los extractores de yt-dlp cuesta ~19 MiB de RSS que un proceso de larga vida no
 devuelve nunca. Para ``downloader: auto`` el daemon sólo necesita sus ``_VALID_URL``: un proceso
-hijo (``python -m daemon.downloaders.ytdlp.extractor_table``) importa yt-dlp, vuelca en JSON los
+hijo (``write_table``, lanzado con ``python -c``) importa yt-dlp, vuelca en JSON los
 patrones en el orden de yt-dlp con su índice (abajo) y termina; el daemon guarda las cadenas y
 compila sólo las que llega a probar.
 
@@ -25,11 +25,13 @@ import subprocess
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
 
-__all__ = ["ExtractorTable", "default_suitable", "dump_table", "load_table_from_child"]
+__all__ = ["ExtractorTable", "default_suitable", "dump_table", "load_table_from_child", "parse_pattern",
+           "table_from_json", "write_table"]
 
 GRAM = 4
 _NEEDS_SOURCE_MIN = 1000
@@ -80,11 +82,15 @@ class ExtractorTable:
     entries: list[_Entry]
     by_gram: dict[str, str] = field(default_factory=dict)  # 4-grama -> "i,j,k" (índices de entries)
     unindexed: list[int] = field(default_factory=list)
+    source: str = "child"  # de dónde salió: "child" (hecha ahora) o "cache" (``extractor_cache``)
 
     @classmethod
-    def build(cls, version: str, rows: list[tuple[str, str, int]]) -> ExtractorTable:
+    def build(cls, version: str, rows: list[tuple[str, str, int]],
+              needs: list[list[_Need]] | None = None) -> ExtractorTable:
+        """``needs``: las exigencias de cada fila, si ya se sacaron al leer los patrones (``parse_pattern``)."""
         entries = [_Entry(key, source, flags) for key, source, flags in rows]
-        needs = [_needs(e.source, e.flags) for e in entries]
+        if needs is None:
+            needs = [_needs(e.source, e.flags) for e in entries]
         for entry, ns in zip(entries, needs, strict=True):
             # Sólo donde ahorran algo: patrones largos (caros de compilar) o exigencias de muchas
             # cadenas; para los demás basta el índice (cada cadena guardada pesa en el daemon).
@@ -149,6 +155,21 @@ def _needs(source: str, flags: int) -> list[_Need]:
         return []
 
 
+def parse_pattern(source: str) -> tuple[int, list[_Need]]:
+    """Las banderas que tendría ``re.compile(source)`` y sus exigencias, con un solo análisis y sin
+    compilar: ``re.compile`` analiza el patrón y luego genera su código, que aquí no hace falta
+    (compilar los ~1.900 ``_VALID_URL`` era la mitad del coste del hijo). ``re.error`` si no es válido."""
+    from re import _parser  # type: ignore[attr-defined]
+
+    tree = _parser.parse(source, 0)
+    flags: int = tree.state.flags  # las de ``(?x)``, ``(?i)``... más UNICODE, como en ``re.compile``
+    try:
+        needs = _seq_needs(_parser, list(tree))
+    except Exception:
+        needs = []
+    return flags, needs
+
+
 def _seq_needs(sp: Any, items: list[tuple[Any, Any]]) -> list[_Need]:
     """Una secuencia: rachas de ``LITERAL`` ASCII (los grupos se recorren en línea), más lo que
     exigen sus alternativas (si toda rama exige algo) y sus repeticiones de mínimo >= 1."""
@@ -208,8 +229,10 @@ def dump_table() -> dict[str, Any]:
     que no tienen ``_VALID_URL`` (hay que llamar a su ``suitable``: el daemon no puede sin yt-dlp)."""
     import yt_dlp.version  # type: ignore[import-untyped]
     from yt_dlp.extractor import gen_extractor_classes  # type: ignore[import-untyped]
+    from yt_dlp.utils import variadic  # type: ignore[import-untyped]
 
     rows: list[tuple[str, str, int]] = []
+    needs: list[list[_Need]] = []
     always: list[str] = []
     for klass in gen_extractor_classes():
         key = klass.ie_key()
@@ -219,34 +242,72 @@ def dump_table() -> dict[str, Any]:
             if not default_suitable(klass):
                 always.append(key)  # sin patrón, con su propio suitable(): hay que llamarlo
             continue  # sin patrón ni suitable propio: nunca reclama una URL (sólo incrustados)
-        klass._match_valid_url("")  # compila _VALID_URL_RE en la clase
-        for pattern in klass.__dict__.get("_VALID_URL_RE") or ():
-            rows.append((key, pattern.pattern, pattern.flags))
-    table = ExtractorTable.build(yt_dlp.version.__version__, rows)
+        # Las mismas fuentes que compilaría ``_match_valid_url`` (``variadic(_VALID_URL)``), sin compilarlas.
+        for source in variadic(klass._VALID_URL):
+            flags, pattern_needs = parse_pattern(source)
+            rows.append((key, source, flags))
+            needs.append(pattern_needs)
+    table = ExtractorTable.build(yt_dlp.version.__version__, rows, needs)
     return {"version": table.version, "rows": rows, "always": always, "by_gram": table.by_gram,
             "unindexed": table.unindexed, "needs": [e.needs for e in table.entries]}
 
 
-def load_table_from_child() -> ExtractorTable:
-    """Lanza el hijo, lee su JSON y construye la tabla. ``RuntimeError`` si no se puede usar
-    (el hijo falla, o yt-dlp tiene extractores sin ``_VALID_URL``): el llamador carga en proceso."""
-    proc = subprocess.run([sys.executable, "-m", __name__], capture_output=True, timeout=_CHILD_TIMEOUT_S,
+def load_table_from_child(cache_dir: Path | None = None) -> ExtractorTable:
+    """La tabla guardada en ``cache_dir`` (``extractor_cache``) si es la del yt-dlp instalado; si no,
+    la hace un hijo y se guarda allí. ``RuntimeError`` si no se puede usar (el hijo falla, o yt-dlp
+    tiene extractores sin ``_VALID_URL``): el llamador carga en proceso."""
+    from daemon.downloaders.ytdlp.extractor_cache import cache_key, read_cached_table, write_cached_table
+
+    key = cache_key(_installed_version()) if cache_dir is not None else None
+    raw = read_cached_table(cache_dir, key) if cache_dir is not None and key is not None else None
+    if raw is not None:
+        with contextlib.suppress(ValueError, KeyError, TypeError):  # copia rota o ajena: se rehace
+            cached = table_from_json(raw)
+            cached.source = "cache"
+            return cached
+    raw = _table_json_from_child()
+    table = table_from_json(raw)
+    if cache_dir is not None and key is not None:
+        write_cached_table(cache_dir, key, raw)
+    del raw
+    _release_freed_memory()
+    return table
+
+
+def _installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("yt-dlp")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _table_json_from_child() -> bytes:
+    # ``-c`` y no ``-m``: el paquete ya importa este módulo, y ``-m`` lo ejecutaría otra vez como
+    # ``__main__`` (runpy lo avisa en stderr en cada arranque del hijo).
+    child = f"from {__name__} import write_table; write_table()"
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, timeout=_CHILD_TIMEOUT_S,
                           stdin=subprocess.DEVNULL, check=False)
     if proc.returncode != 0:
         tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:]
         raise RuntimeError(f"extractor table child exited {proc.returncode}: {' '.join(tail)}")
-    data = orjson.loads(proc.stdout)
+    return proc.stdout
+
+
+def table_from_json(raw: bytes) -> ExtractorTable:
+    """La tabla a partir del JSON del hijo (o de su copia guardada)."""
+    data = orjson.loads(raw)
     if data["always"]:
         raise RuntimeError(f"extractors without _VALID_URL need yt-dlp in process: {data['always'][:3]}")
     # Lo escribe nuestro propio hijo: se usan las listas y cadenas del JSON tal cual, sin copiarlas.
     entries = [_Entry(key, source, flags, needs)
                for (key, source, flags), needs in zip(data["rows"], data["needs"], strict=True)]
     table = ExtractorTable(data["version"], entries, data["by_gram"], data["unindexed"])
-    del proc, data
+    del data
     for i in table.unindexed:  # candidatos de toda URL (Youtube acepta un id suelto): ya compilados
         with contextlib.suppress(re.error):
             entries[i].match_all("")
-    _release_freed_memory()
     return table
 
 
@@ -261,5 +322,10 @@ def _release_freed_memory() -> None:
         pass
 
 
-if __name__ == "__main__":
+def write_table() -> None:
+    """En el hijo: la tabla en JSON por stdout."""
     sys.stdout.write(json.dumps(dump_table()))
+
+
+if __name__ == "__main__":
+    write_table()

@@ -15,6 +15,7 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from daemon.downloaders.ytdlp.extractor_table import ExtractorTable, default_suitable, load_table_from_child
@@ -68,13 +69,13 @@ _claims_lock = threading.Lock()
 _CLAIMS_MAX = 1024
 
 
-def _load_index() -> _ExtractorIndex | ExtractorTable:
+def _load_index(cache_dir: Path | None = None) -> _ExtractorIndex | ExtractorTable:
     """La tabla del proceso hijo; si no se puede, el índice en proceso (``_load_in_process``)."""
     global _index
     with _index_lock:
         if _index is None:
             try:
-                _index = load_table_from_child()
+                _index = load_table_from_child(cache_dir)
             except Exception as exc:  # hijo fallido, tiempo agotado, JSON raro, extractores sin patrón
                 _log.warning("daemon.error", where="ytdlp_index",
                              error=f"extractor table in a child failed, loading yt-dlp in process: {exc!r}")
@@ -114,12 +115,15 @@ def _load_in_process() -> _ExtractorIndex:
     return _ExtractorIndex(ordered, patterns, always)
 
 
-def preload_extractors() -> None:
-    """Prepara ya el índice de ``pick_downloader`` (un proceso hijo importa yt_dlp; ~1 s de CPU una vez).
+def preload_extractors(cache_dir: Path | None = None) -> str:
+    """Prepara ya el índice de ``pick_downloader``: la copia guardada en ``cache_dir`` si vale
+    (``extractor_cache``), si no un proceso hijo que importa yt_dlp (~1 s de CPU una vez).
 
     Opcional; pensado para ``await asyncio.to_thread(preload_extractors)`` al arrancar, para
-    que el primer trabajo ``auto`` no bloquee el bucle de eventos."""
-    _load_index()
+    que el primer trabajo ``auto`` no bloquee el bucle de eventos. Devuelve de dónde salió el
+    índice: ``cache``, ``child`` o ``in_process`` (el hijo falló)."""
+    index = _load_index(cache_dir)
+    return index.source if isinstance(index, ExtractorTable) else "in_process"
 
 
 def _safe(match: _Matcher, url: str) -> bool:
