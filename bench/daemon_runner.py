@@ -210,9 +210,11 @@ class BenchDaemon:
             py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
             RAW_DIR.mkdir(parents=True, exist_ok=True)
             self.profile_path = RAW_DIR / f"profile-{profile}.txt"
-            # BENCH_PYSPY_ARGS añade opciones (p. ej. "--gil" para contar sólo muestras con el GIL).
+            # BENCH_PYSPY_ARGS añade opciones (p. ej. "--gil" para contar sólo muestras con el GIL);
+            # BENCH_PYSPY_RATE cambia las muestras por segundo (py-spy no admite --rate dos veces).
             extra = os.environ.get("BENCH_PYSPY_ARGS", "").split()
-            argv = [py_spy, "record", "--rate", "250", "--format", "raw", "--nonblocking", "--subprocesses",
+            rate = os.environ.get("BENCH_PYSPY_RATE", "250")
+            argv = [py_spy, "record", "--rate", rate, "--format", "raw", "--nonblocking", "--subprocesses",
                     *extra, "-o", str(self.profile_path), "--", *argv]
         self._stderr = open(self.base / f"stderr-{self.label}.log", "ab")  # noqa: SIM115
         self.spawned_at = time.time()

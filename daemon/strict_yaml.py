@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import yaml
 
+from daemon.flat_yaml import parse_flat_yaml
 from daemon.job_rejected import JobRejected, quoted
 
 __all__ = ["MAX_DEPTH", "load_job_document"]
@@ -154,4 +155,5 @@ def load_job_document(data: bytes, suffix: str) -> Any:
                           "`videonote-dl submit`): a file written straight into incoming/ may be read half-written")
     if suffix == ".json":
         return _load_json(text)
-    return _load_yaml(text)
+    flat = parse_flat_yaml(text)  # el YAML más común, sin libyaml (``flat_yaml``); si no, el camino completo
+    return flat if flat is not None else _load_yaml(text)
