@@ -256,21 +256,31 @@ def load_table_from_child(cache_dir: Path | None = None) -> ExtractorTable:
     """La tabla guardada en ``cache_dir`` (``extractor_cache``) si es la del yt-dlp instalado; si no,
     la hace un hijo y se guarda allí. ``RuntimeError`` si no se puede usar (el hijo falla, o yt-dlp
     tiene extractores sin ``_VALID_URL``): el llamador carga en proceso."""
-    from daemon.downloaders.ytdlp.extractor_cache import cache_key, read_cached_table, write_cached_table
+    from daemon.downloaders.ytdlp.extractor_cache import cache_key, write_cached_table
 
     key = cache_key(_installed_version()) if cache_dir is not None else None
+    table = _table_from_cache(cache_dir, key)
+    if table is None:
+        raw = _table_json_from_child()
+        table = table_from_json(raw)
+        if cache_dir is not None and key is not None:
+            write_cached_table(cache_dir, key, raw)
+        del raw
+    _release_freed_memory()  # el JSON leído (del hijo o de la copia) ya no hace falta
+    return table
+
+
+def _table_from_cache(cache_dir: Path | None, key: str | None) -> ExtractorTable | None:
+    from daemon.downloaders.ytdlp.extractor_cache import read_cached_table
+
     raw = read_cached_table(cache_dir, key) if cache_dir is not None and key is not None else None
-    if raw is not None:
-        with contextlib.suppress(ValueError, KeyError, TypeError):  # copia rota o ajena: se rehace
-            cached = table_from_json(raw)
-            cached.source = "cache"
-            return cached
-    raw = _table_json_from_child()
-    table = table_from_json(raw)
-    if cache_dir is not None and key is not None:
-        write_cached_table(cache_dir, key, raw)
-    del raw
-    _release_freed_memory()
+    if raw is None:
+        return None
+    try:
+        table = table_from_json(raw)
+    except (ValueError, KeyError, TypeError):  # copia rota o ajena: se rehace
+        return None
+    table.source = "cache"
     return table
 
 
