@@ -76,7 +76,7 @@ class DownloaderRegistry:
         if not self._extractor_index_ready:
             async with self._index_lock:  # varias descargas arrancan a la vez: se carga una vez
                 if not self._extractor_index_ready:
-                    await self._warm_extractor_index()
+                    await self._warm_extractor_index(options.correlation_id)
         try:
             picked = str(pick_downloader(url, "auto"))
         except Exception as exc:
@@ -94,7 +94,7 @@ class DownloaderRegistry:
         _log.info("job.routed", correlation_id=options.correlation_id, downloader=downloader, rule=rule)
         return downloader
 
-    async def _warm_extractor_index(self) -> None:
+    async def _warm_extractor_index(self, for_job: str | None) -> None:
         """Prepara la tabla de extractores de yt-dlp fuera del bucle, justo antes del primer trabajo
         ``auto`` (el daemon ocioso no paga ni ese tiempo ni esa memoria): la copia guardada en
         ``temp_dir`` si es la del yt-dlp instalado; si no, un proceso hijo (~1 s de CPU)."""
@@ -103,7 +103,9 @@ class DownloaderRegistry:
         started = time.monotonic()
         try:
             source = await asyncio.to_thread(preload_extractors, self._extractor_cache_dir)
-            _log.info("daemon.extractor_table", source=source,
+            # Un evento del daemon, no del trabajo: sin su correlation_id (el del contexto de la tarea),
+            # que lo metería en el ciclo de vida del trabajo; ``for_job`` dice quién lo esperó.
+            _log.info("daemon.extractor_table", correlation_id=None, source=source, for_job=for_job,
                       duration_ms=round((time.monotonic() - started) * 1000, 1))
         except Exception as exc:
             _log.warning("daemon.error", where="ytdlp_index", error=repr(exc))

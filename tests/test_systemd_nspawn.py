@@ -300,8 +300,9 @@ def _stop_during_download(c: Container) -> None:
         f"the interrupted job must be requeued: {requeued}")
     assert _list(c, f"{SPOOL}/active") == []
     assert not _exists(c, f"{SPOOL}/done/slow-1.json") and not _exists(c, f"{SPOOL}/failed/slow-1.json")
-    # El directorio temporal se conserva (sin cerrojo) para reanudar; nada más queda en la raíz.
-    assert _list(c, TEMP_ROOT) == ["videonote_dl_slow-1"]
+    # El directorio temporal se conserva (sin cerrojo) para reanudar; a su lado sólo la tabla de
+    # extractores guardada (el servicio aislado puede escribir en su CacheDirectory=).
+    assert _list(c, TEMP_ROOT) == [".ytdlp-extractor-table.json", "videonote_dl_slow-1"]
     assert partial_bytes() >= 1_000_000
 
     c.run("systemctl", "start", UNIT, timeout=60)
@@ -311,7 +312,8 @@ def _stop_during_download(c: Container) -> None:
     server_log = c.journal("vdl-test-http.service", 50)
     resumed_from = [int(m) for m in re.findall(r"GET /slow/\d+/slow\.bin range=bytes=\d+- start=(\d+)", server_log)]
     assert resumed_from and resumed_from[-1] > 0, f"the download did not resume with Range:\n{server_log}"
-    c.wait_for(lambda: _list(c, TEMP_ROOT) == [], "no videonote_dl_* left in the temp root")
+    c.wait_for(lambda: _list(c, TEMP_ROOT) == [".ytdlp-extractor-table.json"],
+               "no videonote_dl_* left in the temp root")
     c.run("systemctl", "stop", UNIT, timeout=90)
     assert _show(c, "Result")["Result"] == "success"
 
@@ -327,3 +329,7 @@ def _journal_and_event_log(c: Container, vocabulary: frozenset[str]) -> None:
     assert names.count("daemon.stopped") == 2  # la parada durante la descarga y la final
     requeued = [e for e in events if e["event"] == "job.requeued"]
     assert [e["correlation_id"] for e in requeued] == ["slow-1"]
+    # Cada arranque que enruta un trabajo ``auto`` dice de dónde salió la tabla: tras el primero,
+    # de la copia guardada en la CacheDirectory=, sin el proceso hijo.
+    tables = [e["source"] for e in events if e["event"] == "daemon.extractor_table"]
+    assert tables and tables[0] == "child" and set(tables[1:]) == {"cache"}, tables
