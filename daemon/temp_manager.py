@@ -116,9 +116,12 @@ class TempManager:
         simbólico con ese nombre se rechaza: nunca se escribe fuera de la raíz.
         """
         path = cls.get_subdir(correlation_id, base_dir)
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            path.mkdir(mode=0o700)
+            try:
+                os.mkdir(path, 0o700)
+            except FileNotFoundError:  # la raíz aún no existe (la primera descarga): se crea una vez
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.mkdir(path, 0o700)
             # Durable: tras un corte, la recuperación encuentra aquí el archivo ya enlazado en la salida.
             fsync_dir(path.parent)
         except FileExistsError:

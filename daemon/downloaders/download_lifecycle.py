@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import os
 import shutil
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -65,7 +67,10 @@ class IsolatedDownload:
 
     def __enter__(self) -> Path:
         path = TempManager.get_subdir(self.correlation_id, self.base_temp_dir)
-        reused = path.is_dir() and not path.is_symlink()
+        try:  # un directorio de verdad (no un enlace) que ya estaba: se reanuda en él
+            reused = stat.S_ISDIR(os.lstat(path).st_mode)
+        except FileNotFoundError:
+            reused = False
         path = TempManager.get_download_temp_dir(self.correlation_id, self.base_temp_dir)
         lock = DirLock(path)
         lock.acquire()  # DirLockBusy si otro proceso vivo lo usa
