@@ -1,19 +1,18 @@
 """La tabla de extractores guardada en disco, para que un daemon que rearranca no vuelva a hacerla.
 
 Hacer la tabla cuesta ~1 s de CPU en un proceso hijo que importa yt-dlp; el primer trabajo
-``auto`` de cada arranque la esperaba. El JSON que escribe el hijo se guarda en la raíz temporal
-del daemon (``temp_dir``, la ``CacheDirectory=`` de systemd), como ``.ytdlp-extractor-table.json``:
-el recolector sólo toca entradas ``videonote_*``. La primera línea es la clave: la versión de
-yt-dlp y la identidad (ruta, tamaño, mtime) de sus archivos de extractores y de este código, más
-la versión de Python. Si algo cambia (una actualización de yt-dlp, del daemon o de Python), la
-clave no coincide y la tabla se rehace. Es una caché: se escribe con rename atómico pero sin
-fsync, y una copia rota o ilegible sólo hace que se rehaga.
+``auto`` de cada arranque la esperaba. El hijo guarda su JSON en la raíz temporal del daemon
+(``temp_dir``, la ``CacheDirectory=`` de systemd), como ``.ytdlp-extractor-table.json``: el
+recolector sólo toca entradas ``videonote_*``. La primera línea es la clave: la carpeta de yt-dlp,
+la identidad (tamaño, mtime) de su ``version.py``, de sus archivos de extractores y del código que
+hace la tabla, y la versión de Python. Si algo cambia (una actualización de yt-dlp, del daemon o de
+Python), la clave no coincide y la tabla se rehace. Es una caché: se escribe con rename atómico
+pero sin fsync, y una copia rota o ilegible sólo hace que se rehaga.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import sys
 import time
@@ -26,21 +25,23 @@ _FORMAT = 1  # súbase si cambia lo que el hijo vuelca
 _HERE = Path(__file__).resolve().parent
 
 
-def cache_key(version: str) -> str | None:
-    """La clave de la tabla del yt-dlp instalado, sin importarlo; None si no se encuentra."""
-    spec = importlib.util.find_spec("yt_dlp")
-    if spec is None or spec.origin is None:
+def cache_key() -> str | None:
+    """La clave de la tabla del yt-dlp instalado, sin importarlo ni leer sus metadatos (buscando su
+    carpeta en ``sys.path``, como haría la importación); None si no se encuentra."""
+    package = next((Path(entry or ".") / "yt_dlp" for entry in sys.path
+                    if os.path.isfile(os.path.join(entry or ".", "yt_dlp", "__init__.py"))), None)
+    if package is None:
         return None
-    package = Path(spec.origin).parent
-    parts = [f"format={_FORMAT}", f"python={sys.version.split()[0]}", f"yt-dlp={version}"]
-    for path in (package / "extractor" / "_extractors.py", package / "extractor" / "lazy_extractors.py",
-                 package / "version.py", _HERE / "extractor_table.py"):
+    parts = [f"format={_FORMAT}", f"python={sys.version.split()[0]}", f"yt-dlp={package.resolve()}"]
+    # version.py cambia con cada versión de yt-dlp; los extractores, con cualquier parche local.
+    for path in (package / "version.py", package / "extractor" / "_extractors.py",
+                 package / "extractor" / "lazy_extractors.py", _HERE / "extractor_table.py"):
         try:
             st = os.stat(path)
         except OSError:
-            parts.append(f"{path}=missing")
+            parts.append(f"{path.name}=missing")
             continue
-        parts.append(f"{path}={st.st_size}:{st.st_mtime_ns}")
+        parts.append(f"{path.name}={st.st_size}:{st.st_mtime_ns}")
     return " ".join(parts)
 
 

@@ -254,17 +254,15 @@ def dump_table() -> dict[str, Any]:
 
 def load_table_from_child(cache_dir: Path | None = None) -> ExtractorTable:
     """La tabla guardada en ``cache_dir`` (``extractor_cache``) si es la del yt-dlp instalado; si no,
-    la hace un hijo y se guarda allí. ``RuntimeError`` si no se puede usar (el hijo falla, o yt-dlp
-    tiene extractores sin ``_VALID_URL``): el llamador carga en proceso."""
-    from daemon.downloaders.ytdlp.extractor_cache import cache_key, write_cached_table
+    la hace un hijo, que también la guarda allí. ``RuntimeError`` si no se puede usar (el hijo falla,
+    o yt-dlp tiene extractores sin ``_VALID_URL``): el llamador carga en proceso."""
+    from daemon.downloaders.ytdlp.extractor_cache import cache_key
 
-    key = cache_key(_installed_version()) if cache_dir is not None else None
+    key = cache_key() if cache_dir is not None else None
     table = _table_from_cache(cache_dir, key)
     if table is None:
-        raw = _table_json_from_child()
+        raw = _table_json_from_child(cache_dir if key is not None else None, key)
         table = table_from_json(raw)
-        if cache_dir is not None and key is not None:
-            write_cached_table(cache_dir, key, raw)
         del raw
     _release_freed_memory()  # el JSON leído (del hijo o de la copia) ya no hace falta
     return table
@@ -284,20 +282,13 @@ def _table_from_cache(cache_dir: Path | None, key: str | None) -> ExtractorTable
     return table
 
 
-def _installed_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("yt-dlp")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def _table_json_from_child() -> bytes:
+def _table_json_from_child(cache_dir: Path | None, key: str | None) -> bytes:
     # ``-c`` y no ``-m``: el paquete ya importa este módulo, y ``-m`` lo ejecutaría otra vez como
-    # ``__main__`` (runpy lo avisa en stderr en cada arranque del hijo).
-    child = f"from {__name__} import write_table; write_table()"
-    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, timeout=_CHILD_TIMEOUT_S,
+    # ``__main__`` (runpy lo avisa en stderr en cada arranque del hijo). La copia la escribe el hijo:
+    # escribirla aquí, en el hilo que carga la tabla, dejaba ~0,3 MiB más de RSS en su arena de malloc.
+    child = f"import sys; from {__name__} import write_table; write_table(*sys.argv[1:])"
+    where = [str(cache_dir), key] if cache_dir is not None and key is not None else []
+    proc = subprocess.run([sys.executable, "-c", child, *where], capture_output=True, timeout=_CHILD_TIMEOUT_S,
                           stdin=subprocess.DEVNULL, check=False)
     if proc.returncode != 0:
         tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:]
@@ -332,9 +323,14 @@ def _release_freed_memory() -> None:
         pass
 
 
-def write_table() -> None:
-    """En el hijo: la tabla en JSON por stdout."""
-    sys.stdout.write(json.dumps(dump_table()))
+def write_table(cache_dir: str | None = None, key: str | None = None) -> None:
+    """En el hijo: la tabla en JSON por stdout y, con ``cache_dir`` y ``key``, su copia guardada."""
+    from daemon.downloaders.ytdlp.extractor_cache import write_cached_table
+
+    text = json.dumps(dump_table())
+    if cache_dir is not None and key is not None:
+        write_cached_table(Path(cache_dir), key, text.encode())
+    sys.stdout.write(text)
 
 
 if __name__ == "__main__":
