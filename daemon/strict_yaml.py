@@ -5,7 +5,9 @@ y se repasa con un ``object_pairs_hook`` que rechaza claves repetidas. YAML se e
 evento a evento con libyaml (``yaml.parse``), antes de construir nada: alias, anclas, etiquetas
 explícitas y anidamiento de más de ``MAX_DEPTH`` niveles se rechazan ahí (una bomba de alias no
 llega a expandirse). Después se construye con un cargador seguro que además rechaza claves
-repetidas y claves de fusión (``<<``). Todo fallo es ``JobRejected`` con qué corregir.
+repetidas y claves de fusión (``<<``). Todo fallo es ``JobRejected`` con qué corregir. Antes,
+el mapa plano más común (una línea ``clave: valor`` sencilla por campo) se lee sin libyaml
+(``flat_yaml``), dando lo mismo que daría este camino.
 """
 
 from __future__ import annotations

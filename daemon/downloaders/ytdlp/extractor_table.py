@@ -46,7 +46,7 @@ class _Entry:
     key: str
     source: str
     flags: int
-    # Todas sus exigencias (ver ``_needs``), cada una con sus cadenas unidas por "\n": un objeto
+    # Todas sus exigencias (ver ``parse_pattern``), cada una con sus cadenas unidas por "\n": un objeto
     # por exigencia y no uno por cadena (PeerTube tiene ~1.300), que es lo que pesa en memoria.
     needs: list[str] = field(default_factory=list)
     compiled: re.Pattern[str] | None = None
@@ -85,12 +85,9 @@ class ExtractorTable:
     source: str = "child"  # de dónde salió: "child" (hecha ahora) o "cache" (``extractor_cache``)
 
     @classmethod
-    def build(cls, version: str, rows: list[tuple[str, str, int]],
-              needs: list[list[_Need]] | None = None) -> ExtractorTable:
-        """``needs``: las exigencias de cada fila, si ya se sacaron al leer los patrones (``parse_pattern``)."""
+    def build(cls, version: str, rows: list[tuple[str, str, int]], needs: list[list[_Need]]) -> ExtractorTable:
+        """``needs``: las exigencias de cada fila, sacadas al leer los patrones (``parse_pattern``)."""
         entries = [_Entry(key, source, flags) for key, source, flags in rows]
-        if needs is None:
-            needs = [_needs(e.source, e.flags) for e in entries]
         for entry, ns in zip(entries, needs, strict=True):
             # Sólo donde ahorran algo: patrones largos (caros de compilar) o exigencias de muchas
             # cadenas; para los demás basta el índice (cada cadena guardada pesa en el daemon).
@@ -142,17 +139,6 @@ def _grams(text: str) -> list[str]:
 
 
 _Need = frozenset[str]  # toda coincidencia contiene al menos una de estas cadenas
-
-
-def _needs(source: str, flags: int) -> list[_Need]:
-    """Conjuntos de literales (en minúsculas) que toda coincidencia de ``source`` contiene: de cada
-    uno, al menos una cadena. Vacío si el árbol no se puede leer (el patrón queda sin índice)."""
-    try:
-        from re import _parser  # type: ignore[attr-defined]
-
-        return _seq_needs(_parser, list(_parser.parse(source, flags)))
-    except Exception:
-        return []
 
 
 def parse_pattern(source: str) -> tuple[int, list[_Need]]:
@@ -259,19 +245,20 @@ def load_table_from_child(cache_dir: Path | None = None) -> ExtractorTable:
     from daemon.downloaders.ytdlp.extractor_cache import cache_key
 
     key = cache_key() if cache_dir is not None else None
-    table = _table_from_cache(cache_dir, key)
+    saved = (cache_dir, key) if cache_dir is not None and key is not None else None
+    table = _table_from_cache(*saved) if saved is not None else None
     if table is None:
-        raw = _table_json_from_child(cache_dir if key is not None else None, key)
+        raw = _table_json_from_child(saved)
         table = table_from_json(raw)
         del raw
     _release_freed_memory()  # el JSON leído (del hijo o de la copia) ya no hace falta
     return table
 
 
-def _table_from_cache(cache_dir: Path | None, key: str | None) -> ExtractorTable | None:
+def _table_from_cache(cache_dir: Path, key: str) -> ExtractorTable | None:
     from daemon.downloaders.ytdlp.extractor_cache import read_cached_table
 
-    raw = read_cached_table(cache_dir, key) if cache_dir is not None and key is not None else None
+    raw = read_cached_table(cache_dir, key)
     if raw is None:
         return None
     try:
@@ -282,12 +269,12 @@ def _table_from_cache(cache_dir: Path | None, key: str | None) -> ExtractorTable
     return table
 
 
-def _table_json_from_child(cache_dir: Path | None, key: str | None) -> bytes:
+def _table_json_from_child(saved: tuple[Path, str] | None) -> bytes:
     # ``-c`` y no ``-m``: el paquete ya importa este módulo, y ``-m`` lo ejecutaría otra vez como
     # ``__main__`` (runpy lo avisa en stderr en cada arranque del hijo). La copia la escribe el hijo:
     # escribirla aquí, en el hilo que carga la tabla, dejaba ~0,3 MiB más de RSS en su arena de malloc.
     child = f"import sys; from {__name__} import write_table; write_table(*sys.argv[1:])"
-    where = [str(cache_dir), key] if cache_dir is not None and key is not None else []
+    where = [str(saved[0]), saved[1]] if saved is not None else []  # dónde guardarla, y con qué clave
     proc = subprocess.run([sys.executable, "-c", child, *where], capture_output=True, timeout=_CHILD_TIMEOUT_S,
                           stdin=subprocess.DEVNULL, check=False)
     if proc.returncode != 0:
