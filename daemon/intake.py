@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -39,6 +40,12 @@ _log = get_logger()
 _SCAN_INLINE_LIMIT = 2000  # con más archivos en incoming/, el listado va a un hilo
 _CLAIM_BATCH = 256  # cada tantos reclamos, ceder el bucle (watchdog, señales)
 _RETENTION_EVERY = 60.0
+
+
+@functools.lru_cache(maxsize=64)
+def _retry_policy(retries: int, backoff: float, max_backoff: float) -> RetryPolicy:
+    """Una política por combinación (es inmutable): no una copia por trabajo en cola."""
+    return RetryPolicy(retries=retries, backoff=backoff, max_backoff=max_backoff)
 
 
 class Intake:
@@ -250,7 +257,7 @@ class Intake:
             postprocess=self._settings().postprocess.profiles.get(job.postprocess or ""),
         )
         retries = min(job.retries, d.retries) if job.retries is not None else d.retries
-        retry = RetryPolicy(retries=retries, backoff=d.backoff, max_backoff=d.max_backoff)
+        retry = _retry_policy(retries, d.backoff, d.max_backoff)
         self.manager.submit(job.id, options, downloader=downloader, priority=job.priority, retry=retry,
                             output_subdir=job.output_dir, owner=submitter)
 

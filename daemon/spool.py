@@ -177,10 +177,12 @@ class Spool:
     def claim(self, name: str) -> bool:
         """Mueve incoming/name a mis reclamos. False si otro lo tomó antes (o ya no está); otro
         ``OSError`` (sin permiso, un punto de montaje...) se propaga para que el llamador lo salte."""
-        if os.path.lexists(self.claimed / name):
+        # Rutas de texto y no Path: pathlib internaría cada nombre de una ráfaga (y cuesta más).
+        target = os.path.join(self.claimed, name)
+        if os.path.lexists(target):
             return False  # mismo nombre aún en curso: se reintentará cuando termine
         try:
-            os.rename(self.incoming / name, self.claimed / name)
+            os.rename(os.path.join(self.incoming, name), target)
         except FileNotFoundError:
             return False
         return True
@@ -192,7 +194,7 @@ class Spool:
     def release(self, name: str) -> None:
         """El trabajo terminó y tiene registro: se borra su archivo reclamado."""
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.claimed / name)
+            os.unlink(os.path.join(self.claimed, name))
 
     def requeue(self, source: Path, name: str, new_name: str | None = None) -> str:
         """Devuelve ``source/name`` a incoming/ (con ``new_name`` si se da); nunca pisa nada."""
@@ -227,10 +229,11 @@ class Spool:
 
     def terminal_record(self, job_id: str) -> Path | None:
         """El registro terminal de ``job_id`` si existe (done/ o failed/)."""
+        name = f"{job_id}.json"
         for folder in (self.done, self.failed):
-            path = folder / f"{job_id}.json"
-            if path.exists():
-                return path
+            # Se mira con texto (lo común es que no exista): un Path internaría cada nombre en pathlib.
+            if os.path.exists(os.path.join(folder, name)):
+                return folder / name
         return None
 
     def write_record(self, outcome_dir: str, job_id: str, record: dict[str, Any]) -> Path:
@@ -275,8 +278,8 @@ class Spool:
 
     def cancel_marker(self, job_id: str) -> CancelMarker | None:
         """El ``cancel/<id>`` de un trabajo (un stat, no un listado), si es un archivo regular."""
-        try:
-            st = os.stat(self.cancel / job_id, follow_symlinks=False)
+        try:  # texto y no Path: pathlib guardaría cada id en su tabla de cadenas internadas
+            st = os.stat(os.path.join(self.cancel, job_id), follow_symlinks=False)
         except OSError:
             return None
         return CancelMarker(job_id, st.st_uid, st.st_mtime) if stat.S_ISREG(st.st_mode) else None

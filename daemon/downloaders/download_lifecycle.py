@@ -60,7 +60,9 @@ class IsolatedDownload:
 
     def __init__(self, correlation_id: str, base_temp_dir: Path | str | None = None) -> None:
         self.correlation_id = validate_correlation_id(correlation_id)
-        self.base_temp_dir = Path(base_temp_dir) if base_temp_dir is not None else None
+        # La raíz llega ya como Path desde el gestor: no se copia (una por trabajo en cola).
+        self.base_temp_dir = base_temp_dir if base_temp_dir is None or isinstance(base_temp_dir, Path) \
+            else Path(base_temp_dir)
         self.path: Path | None = None
         self._lock: DirLock | None = None
         self._keep = False

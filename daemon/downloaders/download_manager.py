@@ -58,8 +58,6 @@ __all__ = ["CancelResult", "DownloadManager", "DownloadTask", "RetryPolicy", "Ta
 
 _log = get_logger()
 _STORAGE_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EFBIG, errno.EDQUOT, errno.EROFS}
-
-
 Hook = Callable[[DownloadTask], None]
 
 
@@ -101,6 +99,7 @@ class DownloadManager:
         self._heap: FairQueue[DownloadTask] = FairQueue(max_running_per_owner)  # turnos por remitente
         self._running: set[DownloadTask] = set()
         self._seq = itertools.count()
+        self._before_terminal_event = self._conclude_from_lifecycle  # uno para todos, no un cierre por trabajo
         self._idle, self._stopping = asyncio.Event(), False
         self._idle.set()
 
@@ -140,7 +139,7 @@ class DownloadManager:
             retry=retry or RetryPolicy(), output_subdir=output_subdir, owner=owner,
         )
         # El registro terminal de un fallo o una cancelación, durable antes de su evento terminal.
-        lifecycle.before_terminal_event = lambda record: self._conclude_from_lifecycle(task, record)
+        lifecycle.before_terminal_event = self._before_terminal_event
         self.tasks[correlation_id] = task
         self._heap.push(task)
         self._idle.clear()
@@ -271,9 +270,10 @@ class DownloadManager:
         except Exception as exc:
             _log.error("daemon.error", correlation_id=task.correlation_id, where="on_outcome", error=repr(exc))
 
-    def _conclude_from_lifecycle(self, task: DownloadTask, record: LifecycleRecord) -> None:
+    def _conclude_from_lifecycle(self, record: LifecycleRecord) -> None:
         """El ciclo de vida terminó en failed o cancelled: el desenlace se registra ya, antes de su evento."""
-        if task.concluded or task.interrupt:
+        task = self.tasks.get(record.correlation_id)  # la del registro: una tarea viva por id
+        if task is None or task.lifecycle.record is not record or task.concluded or task.interrupt:
             return
         if record.state is LifecycleState.CANCELLED:
             task.state, task.error = TaskState.CANCELLED, {"kind": "cancelled", "message": "cancelled on request"}
