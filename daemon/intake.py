@@ -13,8 +13,9 @@ import contextlib
 import functools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
+from types import MappingProxyType
 
 from daemon.authority import Authority
 from daemon.claim_order import ClaimOrder
@@ -40,6 +41,7 @@ _log = get_logger()
 _SCAN_INLINE_LIMIT = 2000  # con más archivos en incoming/, el listado va a un hilo
 _CLAIM_BATCH = 256  # cada tantos reclamos, ceder el bucle (watchdog, señales)
 _RETENTION_EVERY = 60.0
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})  # compartido por los trabajos sin cabeceras: de sólo lectura
 
 
 @functools.lru_cache(maxsize=64)
@@ -249,7 +251,7 @@ class Intake:
         options = DownloadOptions(
             url=job.url, filename=job.filename, sha256=job.sha256,
             max_bytes=min(job.max_bytes or d.max_bytes, d.max_bytes),
-            timeout=min(job.timeout or d.timeout, d.timeout), headers=dict(job.headers),
+            timeout=min(job.timeout or d.timeout, d.timeout), headers=dict(job.headers) if job.headers else _NO_HEADERS,
             forward_headers=job.forward_headers,
             format=job.format, playlist=job.playlist, allowed_schemes=d.allowed_schemes,
             allow_private_networks=d.allow_private_networks, allowed_networks=d.allowed_networks,

@@ -9,7 +9,7 @@ definir cada subclase).
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -59,7 +59,7 @@ class DownloadOptions:
     sha256: str | None = None
     max_bytes: int = 10 * 1024**3
     timeout: float = 600.0
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)  # sólo se lee
     # Nombres (de ``headers``) que también viajan a otro origen tras una redirección; el resto
     # sólo va al origen de ``url``.
     forward_headers: tuple[str, ...] = ()

@@ -58,6 +58,8 @@ class IsolatedDownload:
     ``__exit__`` lo borra, también si hubo una excepción (salvo ``keep()``).
     """
 
+    __slots__ = ("_keep", "_lock", "base_temp_dir", "correlation_id", "path")  # uno por trabajo en cola
+
     def __init__(self, correlation_id: str, base_temp_dir: Path | str | None = None) -> None:
         self.correlation_id = validate_correlation_id(correlation_id)
         # La raíz llega ya como Path desde el gestor: no se copia (una por trabajo en cola).
@@ -167,6 +169,9 @@ class DownloadLifecycle:
     ``job.succeeded``, ``job.failed``, ``job.cancelled`` / ``job.interrupted`` y los
     ``tempdir.*``.
     """
+
+    __slots__ = ("_keep_on_cancel", "before_terminal_event", "cleanup_on_failure", "cleanup_on_success",
+                 "correlation_id", "isolated", "options", "record")  # uno por trabajo en cola
 
     def __init__(
         self,
