@@ -29,6 +29,7 @@ from daemon.faultpoints import apause_point, crash_point
 from daemon.ids import new_correlation_id
 from daemon.jobfile import kind_of
 from daemon.jobs import JobLimits, JobRejected, JobSpec, parse_job
+from daemon.memory import release_freed_memory
 from daemon.outcomes import Outcomes
 from daemon.retention import expire_old_entries
 from daemon.settle import ArrivalTracker
@@ -41,6 +42,7 @@ _log = get_logger()
 _SCAN_INLINE_LIMIT = 2000  # con más archivos en incoming/, el listado va a un hilo
 _CLAIM_BATCH = 256  # cada tantos reclamos, ceder el bucle (watchdog, señales)
 _RETENTION_EVERY = 60.0
+_TRIM_AFTER_CLAIMS = 1000  # tras tomar tantos y vaciar incoming/, la memoria libre vuelve al sistema
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})  # compartido por los trabajos sin cabeceras: de sólo lectura
 
 
@@ -78,6 +80,7 @@ class Intake:
         self.claim_order = ClaimOrder(self.spool.incoming)
         self._listing: list[IncomingEntry] = []  # lo que quedó por reclamar de la última lectura, en orden
         self.relist_wanted = True  # algo llegó a incoming/ (o volvió): releer en la próxima pasada
+        self._claimed_since_trim = 0
 
     def limits(self) -> JobLimits:
         s = self._settings()
@@ -139,6 +142,11 @@ class Intake:
         self.incoming_waiting = len(self._listing)
         if relisted:
             self._after_scan(entries)
+        self._claimed_since_trim += claimed
+        if not self._listing and self._claimed_since_trim >= _TRIM_AFTER_CLAIMS:
+            # Una ráfaga entera tomada: lo que dejaron su listado y sus lecturas vuelve al sistema.
+            self._claimed_since_trim = 0
+            asyncio.get_running_loop().run_in_executor(None, release_freed_memory)
         return claimed
 
     def claim_room(self) -> int:

@@ -30,6 +30,8 @@ from typing import Any
 
 import orjson
 
+from daemon.memory import release_freed_memory
+
 __all__ = ["ExtractorTable", "default_suitable", "dump_table", "load_table_from_child", "parse_pattern",
            "table_from_json", "write_table"]
 
@@ -251,7 +253,7 @@ def load_table_from_child(cache_dir: Path | None = None) -> ExtractorTable:
         raw = _table_json_from_child(saved)
         table = table_from_json(raw)
         del raw
-    _release_freed_memory()  # el JSON leído (del hijo o de la copia) ya no hace falta
+    release_freed_memory()  # el JSON leído (del hijo o de la copia) ya no hace falta
     return table
 
 
@@ -297,17 +299,6 @@ def table_from_json(raw: bytes) -> ExtractorTable:
         with contextlib.suppress(re.error):
             entries[i].match_all("")
     return table
-
-
-def _release_freed_memory() -> None:
-    """``malloc_trim(0)`` de glibc: devuelve al sistema las páginas libres que dejaron el JSON y
-    las compilaciones (~0,5 MiB de RSS que un proceso de larga vida no recuperaría). Sin glibc, nada."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def write_table(cache_dir: str | None = None, key: str | None = None) -> None:
