@@ -124,11 +124,14 @@ class Intake:
         else:
             entries = self._listing
         claimed = seen = 0
+        passed: list[str] = []  # vistas y no reclamadas (siguen en incoming/)
         for entry in entries:
             if not claiming() or claimed >= room:
                 break
             seen += 1
-            if self._claim(entry):
+            if not self._claim(entry):
+                passed.append(entry.name)
+            else:
                 crash_point("after_claim")
                 claimed += 1
                 await apause_point("claimed", entry.name)
@@ -141,7 +144,7 @@ class Intake:
         self._listing = entries[seen:]
         self.incoming_waiting = len(self._listing)
         if relisted:
-            self._after_scan(entries)
+            self._after_scan(entries, passed)
         self._claimed_since_trim += claimed
         if not self._listing and self._claimed_since_trim >= _TRIM_AFTER_CLAIMS:
             # Una ráfaga entera tomada: lo que dejaron su listado y sus lecturas vuelve al sistema.
@@ -192,12 +195,15 @@ class Intake:
         _log.warning("spool.entry_skipped", folder=folder, file=printable(name), error=exc.strerror or str(exc),
                      hint="the daemon cannot move or remove it; its owner or an administrator should remove it")
 
-    def _after_scan(self, entries: list[IncomingEntry]) -> None:
+    def _after_scan(self, entries: list[IncomingEntry], passed: list[str]) -> None:
         present = {entry.name for entry in entries}
         self.arrivals.prune(present)
         for key in [k for k in self._skipped if k[0] == "incoming" and k[1] not in present and k[1] != "."]:
             del self._skipped[key]
-        self._stems = {name.split(".", 1)[0] for name in present}
+        # Los ids que aún esperan en incoming/ (para los cancel/ que llegan antes que su trabajo): lo
+        # reclamado ya está en el gestor; guardar todo el listado eran ~1 MiB tras una ráfaga.
+        self._stems = {name.split(".", 1)[0] for name in passed}
+        self._stems.update(entry.name.split(".", 1)[0] for entry in self._listing)
         if self._due != float("inf") and self._wake is not None:
             loop = asyncio.get_running_loop()
             when = loop.time() + self._due + 0.01
