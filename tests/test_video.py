@@ -173,33 +173,31 @@ def test_cancel_kills_the_postprocess_process_group(server: TestServer, tmp_path
     with DaemonProcess(tmp_path / "d", postprocess={"profiles": profiles}) as d:
         d.drop_job({"id": "pp-hang", "url": server.url("/media/progressive/clip.mp4"), "postprocess": "hang"})
         wait_until(lambda: pids.exists() and len(pids.read_text().split()) == 2, timeout=60)
-        group = {int(p): _start_time(int(p)) for p in pids.read_text().split()}
+        group = {int(p): _stat_fields(int(p)) for p in pids.read_text().split()}
         (d.spool / "cancel").mkdir(parents=True, exist_ok=True)
         (d.spool / "cancel" / "pp-hang").touch()
         kind, record = d.wait_record("pp-hang", timeout=30)
         assert kind == "failed" and record["outcome"] == "cancelled", record
 
-        def gone(pid: int, started: str | None) -> bool:
+        def gone(pid: int, first: list[str] | None) -> bool:
             # Muerto es muerto aunque nadie lo haya recogido aún: el ``sleep`` huérfano pasa a PID 1
             # (fuera del daemon), que bajo carga puede tardar en recogerlo; un zombi ya no corre. Y un
             # pid recogido puede volver a usarse en segundos con la suite en paralelo (pid_max es
             # 32768): otro proceso con ese pid no es el del grupo (se distingue por su inicio).
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                return True
-            return fields[0] in ("Z", "X") or fields[19] != started
+            now = _stat_fields(pid)
+            return now is None or now[0] in ("Z", "X") or first is None or now[19] != first[19]
 
-        wait_until(lambda: all(gone(p, t) for p, t in group.items()), timeout=15, what="post-process group killed")
+        wait_until(lambda: all(gone(p, f) for p, f in group.items()), timeout=15, what="post-process group killed")
         finished = d.events("pp-hang", "job.postprocess_finished")
         assert finished and finished[0]["outcome"] == "cancelled"
         d.wait_temp_dirs_gone()
 
 
-def _start_time(pid: int) -> str | None:
-    """Cuándo empezó ``pid`` (campo 22 de /proc/PID/stat), o None si ya no está."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """Los campos de /proc/PID/stat tras el nombre (``[0]`` el estado, ``[19]`` el inicio), o None si
+    ya no está."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return None
 
