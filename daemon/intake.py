@@ -109,6 +109,7 @@ class Intake:
         if self.relist_wanted or not self._listing or \
                 time.time() - self.last_scan >= self._settings().rescan_interval:
             self.relist_wanted = False
+            self.arrivals.mark()  # las pistas que lleguen durante el listado sobreviven a su ``prune``
             try:
                 if self._last_incoming_size > _SCAN_INLINE_LIMIT:
                     entries = await asyncio.get_running_loop().run_in_executor(None, self._candidates, room)

@@ -30,6 +30,7 @@ class ArrivalTracker:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._state: dict[str, str] = {}  # nombre -> "renamed" | "writing" | "closed"
+        self._fresh: set[str] = set()  # los anotados desde que empezó el último listado (``mark``)
 
     def observe(self, name: str, moved_to: bool, created: bool, closed: bool) -> None:
         """Anota un evento de inotify (lo llama el hilo lector: nunca lanza)."""
@@ -38,15 +39,25 @@ class ArrivalTracker:
             return
         with self._lock:
             self._state[name] = kind
+            self._fresh.add(name)
+
+    def mark(self) -> None:
+        """Empieza un listado de incoming/: lo que se anote desde ahora no lo olvida el ``prune`` que
+        le sigue (un nombre que llegó durante el listado no está en él, pero sí en incoming/)."""
+        with self._lock:
+            self._fresh = set()
 
     def forget(self, name: str) -> None:
         with self._lock:
             self._state.pop(name, None)
+            self._fresh.discard(name)
 
     def prune(self, present: set[str]) -> None:
-        """Olvida los nombres que ya no están en incoming/."""
+        """Olvida los nombres que ya no están en incoming/ (``present``: el listado que empezó en el
+        último ``mark``; lo anotado después se guarda)."""
         with self._lock:
-            for name in [n for n in self._state if n not in present]:
+            fresh = self._fresh
+            for name in [n for n in self._state if n not in present and n not in fresh]:
                 del self._state[name]
 
     def wait_for(self, name: str, mtime_ns: int, ctime_ns: int, settle: float, now: float | None = None) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon_proc import DaemonProcess
+from tests.support.daemon_proc import DaemonProcess, wait_until
 from tests.support.http_server import TestServer
 
 TOOLS = ("cp", "cat", "tee", "rsync", "rsync-inplace", "curl", "vim", "two-halves")
@@ -82,3 +82,30 @@ def test_editor_droppings_are_ignored_not_rejected(tmp_path: Path) -> None:
         assert daemon.rejected() == []
         assert sorted(os.listdir(incoming)) == sorted(("4913", "clip.yaml~", "#clip.yaml#", "clip.yaml.swp",
                                                        "clip.save", "clip.yaml.part"))
+
+
+def test_a_burst_of_renamed_job_files_is_claimed_without_waiting_for_settle(tmp_path: Path,
+                                                                           test_server: TestServer) -> None:
+    """Una ráfaga de renames (el protocolo) se reclama según llega, aunque ``settle`` sea largo.
+
+    Las pistas de inotify que llegan mientras el daemon lista incoming/ son de nombres que ese
+    listado no vio; si el ``prune`` de después las olvidara, esos nombres (ya completos) parecerían
+    escritos en el sitio y esperarían ``settle`` (60 s aquí) en vez de reclamarse ya.
+    """
+    url = test_server.add("/burst.bin", data=b"b" * 1024)
+    count = 3000
+    with DaemonProcess(tmp_path, max_concurrent=2, lookahead=count, max_queued=count,
+                       producers={"settle": "60s"}) as daemon:
+        staging = daemon.spool / "tmp"
+        ids = [f"burst-{i:05d}" for i in range(count)]
+        for job_id in ids:
+            (staging / f"{job_id}.yaml").write_text(f"url: {url}\nid: {job_id}\n")
+        # Un productor aparte renombra todo de golpe, mientras el daemon lista y reclama.
+        script = ("import os, sys\nsrc, dst = sys.argv[1], sys.argv[2]\n"
+                  "for name in sorted(os.listdir(src)): os.rename(os.path.join(src, name), os.path.join(dst, name))\n")
+        subprocess.run(["python3", "-c", script, str(staging), str(daemon.spool / "incoming")], check=True, timeout=60)
+        wait_until(lambda: daemon.count_events("job.received") >= count, 30,
+                   what=f"{count} job.received well before settle (60 s)")
+        received = {e["correlation_id"] for e in daemon.events(name="job.received")}
+        assert received == set(ids)
+        assert daemon.rejected() == []
