@@ -64,7 +64,8 @@ def bare_name_problem(value: str) -> str | None:
         return problem
     if value.startswith("."):
         return "it starts with '.'"
-    if any(_unsafe(ch) for ch in value):
+    # ASCII imprimible (lo común) no tiene nada de _UNSAFE_CATEGORIES: sin mirar carácter a carácter.
+    if not (value.isascii() and value.isprintable()) and any(_unsafe(ch) for ch in value):
         return "it contains control, invisible or bidi characters"
     if len(value.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
         return f"it is over {MAX_NAME_BYTES} bytes"

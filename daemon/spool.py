@@ -179,7 +179,7 @@ class Spool:
         ``OSError`` (sin permiso, un punto de montaje...) se propaga para que el llamador lo salte."""
         # Rutas de texto y no Path: pathlib internaría cada nombre de una ráfaga (y cuesta más).
         target = os.path.join(self.claimed, name)
-        if os.path.lexists(target):
+        if os.access(target, os.F_OK, follow_symlinks=False):  # como lexists, sin crear una excepción
             return False  # mismo nombre aún en curso: se reintentará cuando termine
         try:
             os.rename(os.path.join(self.incoming, name), target)
@@ -231,8 +231,9 @@ class Spool:
         """El registro terminal de ``job_id`` si existe (done/ o failed/)."""
         name = f"{job_id}.json"
         for folder in (self.done, self.failed):
-            # Se mira con texto (lo común es que no exista): un Path internaría cada nombre en pathlib.
-            if os.path.exists(os.path.join(folder, name)):
+            # Se mira con texto (lo común es que no exista): un Path internaría cada nombre en pathlib;
+            # y con access, que no crea una excepción por cada nombre que falta (exists sí).
+            if os.access(os.path.join(folder, name), os.F_OK):
                 return folder / name
         return None
 
@@ -278,8 +279,11 @@ class Spool:
 
     def cancel_marker(self, job_id: str) -> CancelMarker | None:
         """El ``cancel/<id>`` de un trabajo (un stat, no un listado), si es un archivo regular."""
-        try:  # texto y no Path: pathlib guardaría cada id en su tabla de cadenas internadas
-            st = os.stat(os.path.join(self.cancel, job_id), follow_symlinks=False)
+        path = os.path.join(self.cancel, job_id)  # texto y no Path: pathlib internaría cada id
+        if not os.access(path, os.F_OK, follow_symlinks=False):  # lo común: sin marcador, y sin excepción
+            return None
+        try:
+            st = os.stat(path, follow_symlinks=False)
         except OSError:
             return None
         return CancelMarker(job_id, st.st_uid, st.st_mtime) if stat.S_ISREG(st.st_mode) else None

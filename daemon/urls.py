@@ -10,6 +10,7 @@ escribirse en la forma canónica a.b.c.d. ``check_url`` devuelve sus partes o la
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Sequence
@@ -81,6 +82,7 @@ def check_url(value: object, allowed_schemes: Sequence[str]) -> CheckedUrl:
     return CheckedUrl(value, scheme, host, port or (443 if scheme == "https" else 80))
 
 
+@functools.lru_cache(maxsize=256)  # pura y por host: los trabajos de un mismo origen no la repiten
 def _check_numeric_host(host: str) -> None:
     """Rechaza IPv4 escritas de forma no canónica (0x7f000001, 2130706433, 0177.0.0.1, 127.1).
 

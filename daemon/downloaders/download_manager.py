@@ -348,11 +348,11 @@ class DownloadManager:
 
     def _previous_publication(self, task: DownloadTask, temp_dir: Path) -> DownloadResult | None:
         """Lo que una vida anterior (de este daemon o de otro, muerto) ya publicó de este trabajo."""
-        file_journal, folder_journal = self.finisher.journals(task.correlation_id)
-        if folder_journal.exists():  # una lista (playlist): la carpeta entera
+        file_journal, folder_journal = self.finisher.existing_journals(task.correlation_id)
+        if folder_journal is not None:  # una lista (playlist): la carpeta entera
             folder = recover_folder(folder_journal)
             return folder_result(folder, folder.name, 1 << 62, {}) if folder is not None else None
-        published = (recover_publication(file_journal) if file_journal.exists()
+        published = (recover_publication(file_journal) if file_journal is not None
                      else find_linked_publication(temp_dir, self._output_dir(task)))
         if published is None:
             return None

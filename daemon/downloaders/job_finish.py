@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +48,13 @@ class Finisher:
     def journals(self, job_id: str) -> tuple[Path, Path]:
         """Los diarios de publicación del trabajo (archivo, carpeta): ``publish_journal``."""
         return journal_paths(self.output_root, STAGING_DIR, job_id)
+
+    def existing_journals(self, job_id: str) -> tuple[Path | None, Path | None]:
+        """Los diarios (archivo, carpeta) que existen, de una vida anterior: lo común es que ninguno.
+        Con ``access``, que no crea una excepción por cada uno que falta (``Path.exists`` sí)."""
+        file_journal, folder_journal = self.journals(job_id)
+        return (file_journal if os.access(file_journal, os.F_OK) else None,
+                folder_journal if os.access(folder_journal, os.F_OK) else None)
 
     async def commit(self, task: DownloadTask, result: DownloadResult, recovered: bool) -> DownloadResult:
         """Publicar y registrar: el punto de no retorno.
