@@ -82,7 +82,6 @@ def check_url(value: object, allowed_schemes: Sequence[str]) -> CheckedUrl:
     return CheckedUrl(value, scheme, host, port or (443 if scheme == "https" else 80))
 
 
-@functools.lru_cache(maxsize=256)  # pura y por host: los trabajos de un mismo origen no la repiten
 def _check_numeric_host(host: str) -> None:
     """Rechaza IPv4 escritas de forma no canónica (0x7f000001, 2130706433, 0177.0.0.1, 127.1).
 
@@ -92,10 +91,23 @@ def _check_numeric_host(host: str) -> None:
     labels = host.rstrip(".").split(".")
     if not all(_NUMERIC_LABEL.fullmatch(label) for label in labels):
         return  # un nombre DNS o una IPv6: la red decide con la dirección resuelta
-    try:
-        ipaddress.IPv4Address(host.rstrip("."))
-    except ValueError:
+    if not _canonical_ipv4(host.rstrip(".")):
         raise UrlRejected(
             f"'url' host {host[:80]!r} is an IPv4 address in a non-canonical form (hex, octal, integer or "
             "short); write it as four decimal numbers like 192.0.2.10"
-        ) from None
+        )
+
+
+def _canonical_ipv4(text: str) -> bool:
+    """``text`` es una IPv4 escrita a.b.c.d; las válidas (a lo sumo 15 caracteres) se recuerdan: los
+    trabajos de un mismo origen no repiten el análisis (~4 µs)."""
+    return len(text) <= 15 and _parsed_ipv4(text)
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
