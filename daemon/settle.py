@@ -51,6 +51,8 @@ class ArrivalTracker:
         with self._lock:
             self._state.pop(name, None)
             self._fresh.discard(name)
+            if not self._state:  # tras una ráfaga: un dict o un set vacío no devuelve su tabla, uno nuevo sí
+                self._state, self._fresh = {}, set()
 
     def prune(self, present: set[str]) -> None:
         """Olvida los nombres que ya no están en incoming/ (``present``: el listado que empezó en el
