@@ -13,10 +13,12 @@ import hashlib
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from daemon.settle import ArrivalTracker
 from tests.support.daemon_proc import DaemonProcess, wait_until
 from tests.support.http_server import TestServer
 
@@ -109,3 +111,19 @@ def test_a_burst_of_renamed_job_files_is_claimed_without_waiting_for_settle(tmp_
         received = {e["correlation_id"] for e in daemon.events(name="job.received")}
         assert received == set(ids)
         assert daemon.rejected() == []
+
+
+def test_hints_that_arrive_during_a_listing_survive_the_prune_after_it() -> None:
+    """El mecanismo de la prueba anterior, paso a paso (sin hilo lector: las llamadas en su orden)."""
+    tracker = ArrivalTracker()
+    now = time.time()
+    young = int(now * 1e9)  # mtime y ctime de ahora: sin pista, el nombre espera ``settle`` entero
+    tracker.observe("before.yaml", True, False, False)  # llegó antes del listado, que no lo vio: se fue
+    tracker.mark()  # empieza un listado de incoming/
+    tracker.observe("during.yaml", True, False, False)  # renombrado mientras se listaba
+    tracker.prune(set())  # el listado no vio ninguno de los dos
+    assert tracker.wait_for("during.yaml", young, young, settle=60, now=now) == 0.0
+    assert tracker.wait_for("before.yaml", young, young, settle=60, now=now) == 60.0
+    tracker.mark()  # el listado siguiente tampoco lo ve: ya no está en incoming/
+    tracker.prune(set())
+    assert tracker.wait_for("during.yaml", young, young, settle=60, now=now) == 60.0
