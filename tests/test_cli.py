@@ -72,6 +72,8 @@ def test_events_filter_and_follow_across_rotation(tmp_path: Path, test_server: T
         assert {line.split()[3] for line in out} == {"job.started", "job.succeeded"}
         as_json = cli(daemon, "events", "--job", "ev-1", "--json").stdout.splitlines()
         assert as_json[0].startswith("{") and '"correlation_id":"ev-1"' in as_json[0]
+        # ``daemon.ready`` sigue a READY=1 (tras averiguar ffmpeg, deno y yt-dlp): se espera, no se supone.
+        wait_until(lambda: daemon.count_events("daemon.ready"), 60, what="daemon.ready")
         assert cli(daemon, "events", "--since", "1h", "--event", "daemon.ready").stdout.strip()
         assert cli(daemon, "events", "--since", "nonsense").returncode == 2
         follower = subprocess.Popen(

@@ -17,6 +17,7 @@ Lo que no se prueba aquí: un servidor NFS de verdad (un solo núcleo: los cerro
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import sys
@@ -78,6 +79,10 @@ def _events(log: Path) -> list[dict[str, object]]:
         return []
 
 
+def _has_event(log: Path, name: str) -> bool:
+    return any(e["event"] == name for e in _events(log))
+
+
 def test_three_hosts_one_killed_every_job_ends_exactly_once(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     (shared / "spool").mkdir(parents=True)
@@ -90,8 +95,12 @@ def test_three_hosts_one_killed_every_job_ends_exactly_once(tmp_path: Path) -> N
         names = [h.run("hostname").stdout.strip() for h in hosts]
         assert len(set(names)) == 3, names
         logs = [shared / "log" / f"{name}.jsonl" for name in names]
-        for log in logs:
-            assert any(e["event"] == "daemon.ready" for e in _events(log)), log
+        for host, log in zip(hosts, logs, strict=True):
+            # systemd-run vuelve con READY=1; ``daemon.ready`` llega después, cuando el daemon ya
+            # sabe qué ffmpeg, deno y yt-dlp usa (lanza cada uno con -version: en un anfitrión
+            # lento, más de un segundo). Se espera al evento, no se supone escrito.
+            host.wait_for(functools.partial(_has_event, log, "daemon.ready"), f"daemon.ready in {log.name}",
+                          timeout=60)
         modes = [next(e["watch"] for e in _events(log) if e["event"] == "spool.watch_mode") for log in logs]
         assert modes == ["inotify", "inotify", "poll"]
         instances = [next(str(e["instance"]) for e in _events(log) if e["event"] == "daemon.starting")
