@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, MutableMapping
+from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -23,6 +24,7 @@ import structlog
 from daemon.durable import fsync_dir
 from daemon.redaction import redact, scrub_secrets, set_redacted_query_params
 from daemon.text import printable
+from daemon.units import iso_time
 
 __all__ = [
     "EventLogFile",
@@ -197,20 +199,8 @@ def _notify_observers(_logger: Any, _method: str, event_dict: MutableMapping[str
     return event_dict
 
 
-_second_prefix: tuple[int, str] = (0, "")
-
-
 def _timestamp(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    # UTC ISO 8601 con microsegundos. El prefijo de cada segundo se formatea una sola vez (strftime es
-    # lo más caro de un evento); la tupla se reemplaza entera, así que otro hilo nunca ve media.
-    global _second_prefix
-    now = time.time()
-    second = int(now)
-    cached = _second_prefix
-    if cached[0] != second:
-        cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-        _second_prefix = cached
-    event_dict["ts"] = f"{cached[1]}.{int((now - second) * 1_000_000):06d}Z"
+    event_dict["ts"] = iso_time(time.time())
     return event_dict
 
 
@@ -239,13 +229,12 @@ def _order_keys(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]
     return ordered
 
 
-_NOT_EXTRAS = frozenset({"ts", "level", "event", "correlation_id"})
-
-
 def _echo_to_stderr(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     if _stderr_enabled:
-        extras = " ".join([f"{k}={v}" for k, v in event_dict.items() if k not in _NOT_EXTRAS])
         cid = event_dict.get("correlation_id")
+        # ``_order_keys`` dejó delante ts, level, event y (si lo hay) correlation_id: el resto, en
+        # su orden, son las claves propias del evento.
+        extras = " ".join([f"{k}={v}" for k, v in islice(event_dict.items(), 3 if cid is None else 4, None)])
         prefix = f"[{cid}] " if cid else ""
         line = f"{event_dict['level'].upper():7} {event_dict['event']} {prefix}{extras}".rstrip()
         with contextlib.suppress(OSError, ValueError):  # stderr cerrado: el archivo JSON manda

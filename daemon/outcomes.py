@@ -21,6 +21,7 @@ from daemon.downloaders.download_manager import DownloadTask, TaskState
 from daemon.events import get_logger
 from daemon.spool import Spool
 from daemon.text import printable
+from daemon.units import iso_time as utc_iso
 
 __all__ = ["Outcomes", "iso_time"]
 
@@ -28,10 +29,8 @@ _log = get_logger()
 
 
 def iso_time(ts: float | None) -> str | None:
-    """Marca de tiempo UTC ISO 8601 con microsegundos (la de los registros y el estado)."""
-    if ts is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}Z"
+    """Marca de tiempo UTC ISO 8601 con microsegundos (la de los registros y el estado), o None."""
+    return None if ts is None else utc_iso(ts)
 
 
 class Outcomes:

@@ -69,13 +69,23 @@ def _scrub_value(value: Any) -> Any:
 # una unión, y esto corre para cada clave de cada evento).
 _SCALARS = frozenset({int, float, bool, type(None)})
 
+# Claves ya vistas que no son secretas: las de los eventos son pocas y fijas (las escribe el código),
+# así que casi nunca hace falta ``lower()``. Con tope, por si alguna vez llegaran claves arbitrarias.
+_plain_keys: set[str] = set()
+_PLAIN_KEYS_MAX = 4096
+
 
 def scrub_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Procesador de structlog: cada campo del evento, sin secretos."""
+    plain = _plain_keys
     for key, value in event_dict.items():
-        if key.lower() in _SECRET_KEYS:
-            event_dict[key] = "***"
-        elif value.__class__ is str:
+        if key not in plain:
+            if key.lower() in _SECRET_KEYS:
+                event_dict[key] = "***"
+                continue
+            if len(plain) < _PLAIN_KEYS_MAX:
+                plain.add(key)
+        if value.__class__ is str:
             if "@" in value or "=" in value:
                 event_dict[key] = redact(value)
         elif value.__class__ not in _SCALARS:

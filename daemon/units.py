@@ -1,11 +1,13 @@
-"""Conversión de duraciones y tamaños con unidades (``500ms``, ``10m``, ``16KiB``, ``2GiB``)."""
+"""Conversión de duraciones y tamaños con unidades (``500ms``, ``10m``, ``16KiB``, ``2GiB``), y la
+marca de tiempo UTC de los eventos, los registros y el estado."""
 
 from __future__ import annotations
 
 import math
 import re
+import time
 
-__all__ = ["format_duration", "format_size", "parse_duration", "parse_size"]
+__all__ = ["format_duration", "format_size", "iso_time", "parse_duration", "parse_size"]
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE_UNITS = {
@@ -80,3 +82,22 @@ def format_duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
     return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+
+
+_second_prefix: tuple[int | None, str] = (None, "")  # ningún segundo aún
+
+
+def iso_time(ts: float) -> str:
+    """``ts`` (segundos Unix) en UTC ISO 8601 con microsegundos: ``2026-12-01T04:35:41.743219Z``.
+
+    El prefijo de cada segundo se formatea una sola vez (``strftime`` es lo más caro): un evento o
+    un registro del mismo segundo sólo añade los microsegundos. La tupla se reemplaza entera, así
+    que otro hilo nunca ve media."""
+    global _second_prefix
+    second = int(ts // 1)
+    cached = _second_prefix
+    if cached[0] != second:
+        cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        _second_prefix = cached
+    return f"{cached[1]}.{int((ts - second) * 1_000_000):06d}Z"
+

@@ -350,6 +350,19 @@ def test_credentials_never_reach_the_log(event_log: EventLog) -> None:
     assert event["authorization"] == "***"
 
 
+def test_secret_keys_stay_masked_after_many_plain_keys(event_log: EventLog) -> None:
+    # La lista de claves ya vistas como no secretas tiene tope: con más claves distintas que eso,
+    # una clave secreta (en cualquier mayúscula) se sigue enmascarando, y las demás se escriben.
+    for batch in range(5):
+        _log.info("job.received", correlation_id="keys", **{f"k{batch}_{i}": i for i in range(1000)})
+    _log.info("job.received", correlation_id="keys", Cookie="session=c-secret", PASSWORD="p-secret", k0_1="shown")
+    raw = event_log.path.read_text(encoding="utf-8")
+    assert "c-secret" not in raw and "p-secret" not in raw
+    last = event_log.read()[-1]
+    assert (last["Cookie"], last["PASSWORD"], last["k0_1"]) == ("***", "***", "shown")
+    assert event_log.read()[0]["k0_999"] == 999
+
+
 def test_failed_download_with_credentials_in_the_error_is_redacted(temp_root: Path, event_log: EventLog) -> None:
     async def fail(_options: DownloadOptions, _progress: object) -> object:
         raise PermanentDownloadError("HTTP 403 from https://dave:pa55word@example.org/v.mp4")

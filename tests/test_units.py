@@ -1,10 +1,12 @@
-"""Duraciones y tamaños con unidades."""
+"""Duraciones y tamaños con unidades, y la marca de tiempo UTC."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from daemon.units import format_duration, format_size, parse_duration, parse_size
+from daemon.units import format_duration, format_size, iso_time, parse_duration, parse_size
 
 
 @pytest.mark.parametrize(
@@ -93,3 +95,13 @@ def test_format_size(size: int, text: str) -> None:
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
 
+
+
+def test_iso_time_matches_strftime_whatever_second_came_before() -> None:
+    # La caché del prefijo por segundo no puede devolver el de otro segundo: se alternan segundos,
+    # se vuelve atrás y se prueba el borde de cada uno.
+    stamps = [0.5, 1.25, 0.75, 1764563741.743219, 1764563741.999999, 1764563742.0, 1764563741.000001,
+              86399.5, 86400.0, 951782400.123456]
+    for ts in stamps + stamps[::-1]:
+        expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}Z"
+        assert iso_time(ts) == expected

@@ -27,15 +27,17 @@ class Sink:
         self.hasher = hashlib.sha256()
         self.size = 0
         flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+        if not offset:  # desde cero: lo que hubiera de un intento anterior se trunca al abrir
+            self.fd = os.open(path, flags | os.O_TRUNC, 0o600)
+            return
         self.fd = os.open(path, flags, 0o600)
-        if offset:
-            with open(path, "rb") as existing:
-                while self.size < offset:
-                    block = existing.read(min(WRITE_BATCH * 4, offset - self.size))
-                    if not block:
-                        break
-                    self.hasher.update(block)
-                    self.size += len(block)
+        with open(path, "rb") as existing:
+            while self.size < offset:
+                block = existing.read(min(WRITE_BATCH * 4, offset - self.size))
+                if not block:
+                    break
+                self.hasher.update(block)
+                self.size += len(block)
         os.ftruncate(self.fd, self.size)
         os.lseek(self.fd, self.size, os.SEEK_SET)
 
