@@ -10,7 +10,10 @@ de la lista, 8 a la vez (el ``max_concurrent`` del escenario), con una sesión c
   leerlo, crear el directorio aislado y su cerrojo (``flock``), escribir el cuerpo en un ``.part``
   con sha256, fsync y ``rename`` al nombre final, publicar con ``link`` y fsync de la carpeta, el
   registro terminal (fsync de la carpeta de reclamos, temporal con fsync, ``link`` a done/, fsync
-  de done/), y limpiar (el reclamo, el directorio aislado).
+  de done/), y limpiar (el reclamo, el directorio aislado);
+- ``steps_x2``: lo mismo en dos procesos (la mitad de la lista cada uno, 8 a la vez cada uno), que
+  empiezan a la vez tras calentar: lo más que dan los dos núcleos con un proceso por núcleo, como
+  una flota de dos daemons. El tiempo va del primer comienzo al último final.
 
 No hay eventos, ni análisis del archivo del trabajo, ni cola, ni tareas por trabajo: es lo que
 cuesta en Python, con aiohttp, lo que el daemon garantiza, y nada más. Escribe en RESULTADO.json el
@@ -34,7 +37,7 @@ import orjson
 
 from daemon.downloaders.http_session import new_session
 
-MODES = ("get", "steps")
+MODES = ("get", "steps", "steps_x2")
 CONCURRENCY = 8
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -114,7 +117,7 @@ async def _job(session: aiohttp.ClientSession, i: int, url: str, f: dict[str, Pa
     return size
 
 
-async def _run(mode: str, urls: list[str], root: Path) -> dict[str, float]:
+async def _run(mode: str, urls: list[str], root: Path, barrier: tuple[int, int] | None = None) -> dict[str, float]:
     folders = _layout(root, len(urls)) if mode == "steps" else {}
     fds = {name: os.open(folders[name], _DIR) for name in ("out", "active", "done")} if folders else {}
     gate = asyncio.Semaphore(CONCURRENCY)
@@ -127,12 +130,46 @@ async def _run(mode: str, urls: list[str], root: Path) -> dict[str, float]:
                 return await _job(session, i, url, folders, fds)
 
         await _fetch(session, urls[0], -1, None)  # la conexión y lo que aiohttp carga una vez, fuera
-        started, cpu0 = time.perf_counter(), _cpu()
+        if barrier is not None:  # listo; esperar la salida común
+            os.write(barrier[0], b"r")
+            os.read(barrier[1], 1)
+        started, cpu0 = time.time(), _cpu()
         sizes = await asyncio.gather(*(one(i, url) for i, url in enumerate(urls)))
-        wall, cpu = time.perf_counter() - started, _cpu() - cpu0
+        ended, cpu = time.time(), _cpu() - cpu0
     for fd in fds.values():
         os.close(fd)
-    return {"wall": wall, "cpu": cpu, "files": len(sizes), "size": sum(sizes)}
+    return {"wall": ended - started, "start": started, "end": ended, "cpu": cpu, "files": len(sizes),
+            "size": sum(sizes)}
+
+
+def _two_processes(urls: list[str], root: Path) -> dict[str, float]:
+    """``steps`` en dos procesos hijos (fork) con la mitad de la lista cada uno, soltados a la vez."""
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    children: list[tuple[int, Path]] = []
+    for half in range(2):
+        out = root / f"half-{half}.json"
+        pid = os.fork()
+        if pid == 0:  # hijo: su mitad, su carpeta; sale sin volver al llamador
+            code = 1
+            try:
+                measured = asyncio.run(_run("steps", urls[half::2], root / f"half-{half}", (ready_w, go_r)))
+                out.write_bytes(orjson.dumps(measured))
+                code = 0
+            finally:
+                os._exit(code)
+        children.append((pid, out))
+    for _ in children:
+        os.read(ready_r, 1)
+    os.write(go_w, b"g" * len(children))
+    for pid, _ in children:
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"child {pid} failed")
+    halves = [orjson.loads(out.read_bytes()) for _, out in children]
+    start, end = min(h["start"] for h in halves), max(h["end"] for h in halves)
+    return {"wall": end - start, "start": start, "end": end, "cpu": sum(h["cpu"] for h in halves),
+            "files": sum(h["files"] for h in halves), "size": sum(h["size"] for h in halves)}
 
 
 def main() -> int:
@@ -142,7 +179,7 @@ def main() -> int:
         return 2
     mode, result, url_list, folder = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
     urls = [line for line in url_list.read_text().splitlines() if line]
-    measured = asyncio.run(_run(mode, urls, folder))
+    measured = _two_processes(urls, folder) if mode == "steps_x2" else asyncio.run(_run(mode, urls, folder))
     result.write_bytes(orjson.dumps(measured))
     return 0
 
