@@ -8,7 +8,10 @@ rename, y la ráfaga entera terminada al ritmo de los trabajos pequeños:
 - ``1 daemon, burst``: 10.000 trabajos de 16 KiB (nginx, tmpfs) renombrados a incoming/ de golpe;
 - ``3 daemons, burst``: lo mismo con tres daemons que comparten spool y salida (el coste del
   reclamo acotado y de las carreras de rename entre daemons);
-- ``3 daemons, 1,000 small``: el escenario 2 (1.000 x 16 KiB) con los tres daemons.
+- ``3 daemons, 1,000 small``: el escenario 2 (1.000 x 16 KiB) con los tres daemons;
+- ``N daemons (one per core)``: la ráfaga y los 1.000 con un daemon por núcleo, la forma que
+  recomienda docs/operations.md (con 2 núcleos, tres daemons se reparten dos y pagan más CPU por
+  trabajo); se omite si la máquina tiene 1 o 3 núcleos (ya está medida).
 
 Cada daemon: ``max_concurrent: 8``, ``lookahead`` por defecto, su propio registro de eventos y
 directorio temporal. Perdidos: ids sin registro en done/ más fallidos y rechazados; incoming/ y
@@ -122,35 +125,42 @@ def run(ctx: BenchContext) -> ScenarioResult:
     rounds = ctx.rounds(5)
     urls = ctx.small_files(burst_n, FILE_SIZE)
     base = ctx.scratch("s9")
-    one = _Fleet(base / "one", "one", 1, ctx.profile)
-    three = _Fleet(base / "three", "three", 3, ctx.profile)
-    one.warm_up(urls)
-    three.warm_up(urls)
+    cores = os.cpu_count() or 1
+    counts = [1, 3] + ([cores] if cores not in (1, 3) else [])
+    fleets = {count: _Fleet(base / f"n{count}", f"n{count}", count, ctx.profile) for count in counts}
+    for fleet in fleets.values():
+        fleet.warm_up(urls)
     started = time.time()
-    contenders: list[tuple[str, Callable[[int], Measurement]]] = [
-        ("1 daemon, burst", lambda rnd: one.measure(urls, f"b1-r{rnd}")),
-        ("3 daemons, burst", lambda rnd: three.measure(urls, f"b3-r{rnd}")),
-        ("3 daemons, 1,000 small", lambda rnd: three.measure(urls[:small_n], f"s3-r{rnd}")),
-    ]
+    contenders: list[tuple[str, Callable[[int], Measurement]]] = []
+    bursts: list[str] = []
+    smalls: list[str] = []
+    for count, fleet in fleets.items():
+        label = _fleet_label(count, cores)
+        bursts.append(f"{label}, burst")
+        contenders.append((bursts[-1], _measuring(fleet, urls, f"b{count}")))
+        if count > 1:
+            smalls.append(f"{label}, {small_n:,} small")
+            contenders.append((smalls[-1], _measuring(fleet, urls[:small_n], f"s{count}")))
     try:
         raw = run_paired(contenders, rounds, between=lambda: time.sleep(0.2))
     finally:
-        one.stop()
-        three.stop()
+        for fleet in fleets.values():
+            fleet.stop()
     result = ScenarioResult(
-        9, "bursts of small jobs, 1 and 3 daemons on one spool",
+        9, "bursts of small jobs, 1 and 3 daemons on one spool (and one per core)",
         f"{burst_n:,} distinct 16 KiB files (nginx, tmpfs) as {burst_n:,} job files written to spool/tmp/ and "
         "renamed into incoming/ at once, to one daemon and to three daemons sharing the spool and the output "
-        f"(each max_concurrent {MAX_CONCURRENT}, default lookahead, own event log and temp dir); and "
-        f"{small_n:,} such jobs to the three daemons. Throughput: jobs / (first rename -> last `job.recorded`). "
+        f"(each max_concurrent {MAX_CONCURRENT}, default lookahead, own event log and temp dir), and to one "
+        f"daemon per core ({cores} here) when that is neither 1 nor 3; and {small_n:,} such jobs to each fleet. "
+        "Throughput: jobs / (first rename -> last `job.recorded`). "
         "First start: the earliest `job.started` minus the producer's time of the last rename (negative when "
         "the first download starts while the producer is still renaming). Lost: ids without a record in done/ "
         "plus failed and rejected jobs; incoming/ and active/ must end empty.",
         runs=rounds, duration_s=time.time() - started,
     )
-    for name, label in (("1 daemon, burst", f"{burst_n:,} jobs"), ("3 daemons, burst", f"{burst_n:,} jobs"),
-                        ("3 daemons, 1,000 small", f"{small_n:,} jobs")):
+    for name in bursts + smalls:
         m = raw[name]
+        label = f"{small_n:,} jobs" if name in smalls else f"{burst_n:,} jobs"
         result.rows += [
             Row(name, f"throughput ({label})", "files/s", [x["files_per_s"] for x in m]),
             Row(name, "first rename -> last job.recorded", "s", [x["wall"] for x in m]),
@@ -159,9 +169,9 @@ def run(ctx: BenchContext) -> ScenarioResult:
             Row(name, "jobs lost, failed or rejected", "jobs", [x["lost"] for x in m]),
             Row(name, "left in active/ at the end", "files", [x["left_over"] for x in m]),
         ]
-        if name.startswith("3"):
+        if not name.startswith("1 "):
             result.rows.append(Row(name, "largest daemon's share", "", [x["largest_share"] for x in m]))
-    for name in ("1 daemon, burst", "3 daemons, burst"):
+    for name in bursts:
         m = raw[name]
         result.targets += [
             Target(f"{name}: jobs lost (worst run)", max(x["lost"] + x["left_over"] for x in m), 0, "jobs"),
@@ -172,3 +182,13 @@ def run(ctx: BenchContext) -> ScenarioResult:
         ]
     result.raw = raw
     return result
+
+
+def _measuring(fleet: _Fleet, urls: list[str], tag: str) -> Callable[[int], Measurement]:
+    return lambda rnd: fleet.measure(urls, f"{tag}-r{rnd}")
+
+
+def _fleet_label(count: int, cores: int) -> str:
+    if count == 1:
+        return "1 daemon"
+    return f"{count} daemons (one per core)" if count == cores and count != 3 else f"{count} daemons"
