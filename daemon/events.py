@@ -24,7 +24,7 @@ import structlog
 from daemon.durable import fsync_dir
 from daemon.redaction import redact, scrub_secrets, set_redacted_query_params
 from daemon.text import printable
-from daemon.units import iso_time
+from daemon.units import utc_timestamp
 
 __all__ = [
     "EventLogFile",
@@ -200,7 +200,7 @@ def _notify_observers(_logger: Any, _method: str, event_dict: MutableMapping[str
 
 
 def _timestamp(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    event_dict["ts"] = iso_time(time.time())
+    event_dict["ts"] = utc_timestamp(time.time())
     return event_dict
 
 

@@ -21,7 +21,7 @@ from daemon.downloaders.download_manager import DownloadTask, TaskState
 from daemon.events import get_logger
 from daemon.spool import Spool
 from daemon.text import printable
-from daemon.units import iso_time as utc_iso
+from daemon.units import utc_timestamp
 
 __all__ = ["Outcomes", "iso_time"]
 
@@ -30,7 +30,7 @@ _log = get_logger()
 
 def iso_time(ts: float | None) -> str | None:
     """Marca de tiempo UTC ISO 8601 con microsegundos (la de los registros y el estado), o None."""
-    return None if ts is None else utc_iso(ts)
+    return None if ts is None else utc_timestamp(ts)
 
 
 class Outcomes:

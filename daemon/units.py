@@ -7,7 +7,7 @@ import math
 import re
 import time
 
-__all__ = ["format_duration", "format_size", "iso_time", "parse_duration", "parse_size"]
+__all__ = ["format_duration", "format_size", "parse_duration", "parse_size", "utc_timestamp"]
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE_UNITS = {
@@ -87,7 +87,7 @@ def format_duration(seconds: float) -> str:
 _second_prefix: tuple[int | None, str] = (None, "")  # ningún segundo aún
 
 
-def iso_time(ts: float) -> str:
+def utc_timestamp(ts: float) -> str:
     """``ts`` (segundos Unix) en UTC ISO 8601 con microsegundos: ``2026-12-01T04:35:41.743219Z``.
 
     El prefijo de cada segundo se formatea una sola vez (``strftime`` es lo más caro): un evento o

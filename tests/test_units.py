@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from daemon.units import format_duration, format_size, iso_time, parse_duration, parse_size
+from daemon.units import format_duration, format_size, parse_duration, parse_size, utc_timestamp
 
 
 @pytest.mark.parametrize(
@@ -97,11 +97,11 @@ def test_format_duration(seconds: float, text: str) -> None:
 
 
 
-def test_iso_time_matches_strftime_whatever_second_came_before() -> None:
+def test_utc_timestamp_matches_strftime_whatever_second_came_before() -> None:
     # La caché del prefijo por segundo no puede devolver el de otro segundo: se alternan segundos,
     # se vuelve atrás y se prueba el borde de cada uno.
     stamps = [0.5, 1.25, 0.75, 1764563741.743219, 1764563741.999999, 1764563742.0, 1764563741.000001,
               86399.5, 86400.0, 951782400.123456]
     for ts in stamps + stamps[::-1]:
         expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}Z"
-        assert iso_time(ts) == expected
+        assert utc_timestamp(ts) == expected
