@@ -50,6 +50,16 @@ def parse_ts(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
+def _read_from(path: Path, offset: int) -> bytes:
+    """Lo escrito en ``path`` a partir de ``offset`` (nada si el archivo aún no existe)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read()
+    except FileNotFoundError:
+        return b""
+
+
 class _LineCounter:
     """Cuenta, sin analizarlas, las líneas completas nuevas de un archivo que contienen ``needle``."""
 
@@ -59,12 +69,7 @@ class _LineCounter:
         self._partial = b""
 
     def update(self) -> int:
-        try:
-            with open(self.path, "rb") as handle:
-                handle.seek(self.offset)
-                data = handle.read()
-        except FileNotFoundError:
-            return self.count
+        data = _read_from(self.path, self.offset)
         self.offset += len(data)
         data = self._partial + data
         cut = data.rfind(b"\n") + 1  # una línea a medias se cuenta en la lectura siguiente
@@ -94,12 +99,7 @@ class EventTail:
 
     def poll(self) -> int:
         """Procesa las líneas nuevas completas; devuelve cuántas."""
-        try:
-            with open(self.path, "rb") as handle:
-                handle.seek(self.offset)
-                data = handle.read()
-        except FileNotFoundError:
-            return 0
+        data = _read_from(self.path, self.offset)
         if not data:
             return 0
         self.offset += len(data)
