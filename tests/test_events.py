@@ -409,6 +409,22 @@ def test_readable_line_on_stderr(event_log: EventLog, capsys: pytest.CaptureFixt
     assert len(event_log.read()) == 1
 
 
+def test_stderr_line_lists_every_own_key_with_or_without_a_correlation_id(
+        event_log: EventLog, capsys: pytest.CaptureFixture[str]) -> None:
+    # Las claves propias van tras ts, level, event y el id (si lo hay): ni se pierde la primera
+    # cuando no hay id, ni se cuela el id entre ellas cuando viene del contexto.
+    configure_events(event_log.path, level="debug", stderr=True)
+    _log.warning("daemon.error", where="scan", error="boom")
+    bind_correlation_id("ctx-7")
+    try:
+        _log.info("job.queued", priority=3, queued=1)
+    finally:
+        bind_correlation_id(None)
+    first, second = capsys.readouterr().err.splitlines()
+    assert first == "WARNING daemon.error where=scan error=boom"
+    assert second == "INFO    job.queued [ctx-7] priority=3 queued=1"
+
+
 def test_stderr_off_writes_nothing_there(event_log: EventLog, capsys: pytest.CaptureFixture[str]) -> None:
     _log.info("job.started", correlation_id="quiet")
     assert capsys.readouterr().err == ""
