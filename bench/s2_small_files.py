@@ -106,7 +106,7 @@ def run(ctx: BenchContext) -> ScenarioResult:
 
     t = ctx.tools
     contenders: list[tuple[str, Callable[[int], Measurement]]] = [("daemon", via_daemon)]
-    # El suelo de este diseño en Python (aiohttp, un bucle, 8 a la vez): la petición sola, y la
+    # El techo de este diseño en Python (aiohttp, un bucle, 8 a la vez): la petición sola, y la
     # petición con los pasos de archivo de cada trabajo; sin eventos, análisis ni cola.
     contenders += [part("part: aiohttp GET only", "get"), part("part: GET + the job's file steps", "steps"),
                    part("part: GET + file steps, 2 processes", "steps_x2")]
@@ -134,7 +134,7 @@ def run(ctx: BenchContext) -> ScenarioResult:
         "`job.recorded` (claim, parse, isolated temp dir + flock, download, sha256, publish, terminal "
         "record, cleanup). Tools: process wall time with a URL list prepared beforehand, 8 in parallel. "
         "One warm-up job runs before the first round (one-time lazy loading: see scenario 5). "
-        "`part:` rows time the floor of this design alone, inside their own process (`bench/_small_parts.py`: "
+        "`part:` rows time the ceiling of this design alone, inside their own process (`bench/_small_parts.py`: "
         "aiohttp as the daemon uses it, one event loop, 8 at a time, from the first request to the last "
         "file): the requests alone, and the requests with each job's file steps (claim rename and read, "
         "temp dir and flock, write + sha256 + fsync, rename, link into the output + fsync, terminal record "
@@ -163,12 +163,12 @@ def run(ctx: BenchContext) -> ScenarioResult:
                                      f"aria2c {median([m['files_per_s'] for m in aria]):.0f} files/s"))
     result.targets.append(Target(f"{n:,} small jobs: files/s (issue 18)", median([m["files_per_s"] for m in d]),
                                  2500.0, "files/s", at_most=False,
-                                 detail="stretch: aria2c's rate (row above)" + _design_floor(raw)))
+                                 detail="stretch: aria2c's rate (row above)" + _design_ceiling(raw)))
     result.raw = {"n": n, "measurements": raw}
     return result
 
 
-def _design_floor(raw: dict[str, list[Measurement]]) -> str:
+def _design_ceiling(raw: dict[str, list[Measurement]]) -> str:
     """El techo de este diseño en esta máquina: la petición y los pasos de archivo de cada trabajo,
     solos (``bench/_small_parts.py``). Si ellos solos no llegan al objetivo, el daemon, que hace
     eso y además sus eventos, su análisis y su cola, tampoco llega sin cambiar de forma."""
