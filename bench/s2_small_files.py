@@ -94,7 +94,7 @@ def run(ctx: BenchContext) -> ScenarioResult:
             got = orjson.loads(measured.read_bytes())
             if got["files"] != n or got["size"] != n * FILE_SIZE:
                 raise RuntimeError(f"{name} fetched {got['files']} files, {got['size']} bytes; expected {n}")
-            outs = [work / "out"] if mode == "steps" else [work / f"half-{h}" / "out" for h in (0, 1)]
+            outs = [work / f"half-{h}" / "out" for h in (0, 1)] if mode.endswith("_x2") else [work / "out"]
             published = sum(_count_files(out, FILE_SIZE) for out in outs) if mode != "get" else n
             if published != n:
                 raise RuntimeError(f"{name} published {published} of {n} files")
@@ -106,10 +106,14 @@ def run(ctx: BenchContext) -> ScenarioResult:
 
     t = ctx.tools
     contenders: list[tuple[str, Callable[[int], Measurement]]] = [("daemon", via_daemon)]
-    # El techo de este diseño en Python (aiohttp, un bucle, 8 a la vez): la petición sola, y la
-    # petición con los pasos de archivo de cada trabajo; sin eventos, análisis ni cola.
+    # El techo de este diseño en Python (aiohttp, un bucle, 8 a la vez): la petición sola, la
+    # petición con los pasos de archivo de cada trabajo, y con su registro de eventos; sin análisis ni cola.
     contenders += [part("part: aiohttp GET only", "get"), part("part: GET + the job's file steps", "steps"),
-                   part("part: GET + file steps, 2 processes", "steps_x2")]
+                   part("part: GET + file steps, 2 processes", "steps_x2"),
+                   part("part: GET + file steps + event log", "events"),
+                   part("part: GET + file steps + event log, 2 processes", "events_x2"),
+                   part("part: the same, events written once per job", "batched"),
+                   part("part: the same, events once per job, 2 processes", "batched_x2")]
     if t.get("aria2c"):
         contenders.append(tool("aria2c -i list -j 8", lambda out: [
             t["aria2c"], "-q", "-i", str(url_list), "-j", "8", "-d", str(out),  # type: ignore[list-item]
@@ -138,8 +142,11 @@ def run(ctx: BenchContext) -> ScenarioResult:
         "aiohttp as the daemon uses it, one event loop, 8 at a time, from the first request to the last "
         "file): the requests alone, and the requests with each job's file steps (claim rename and read, "
         "temp dir and flock, write + sha256 + fsync, rename, link into the output + fsync, terminal record "
-        "with its fsyncs, cleanup), without events, job parsing or a queue; and the same in two processes "
-        "with half the list each, released together (one per core, like a fleet of two daemons).",
+        "with its fsyncs, cleanup), without events, job parsing or a queue; the same with the job's 8 events "
+        "written as the daemon writes them (one JSON line per event with one `write`, and its one-line echo), "
+        "and with each job's lines written at once when it ends (the bound of batched event writes); "
+        "and each in two processes with half the list each, released together (one per core, like a fleet of "
+        "two daemons).",
         runs=rounds, duration_s=time.time() - started,
     )
     d = raw["daemon"]
@@ -170,12 +177,17 @@ def run(ctx: BenchContext) -> ScenarioResult:
 
 def _design_ceiling(raw: dict[str, list[Measurement]]) -> str:
     """El techo de este diseño en esta máquina: la petición y los pasos de archivo de cada trabajo,
-    solos (``bench/_small_parts.py``). Si ellos solos no llegan al objetivo, el daemon, que hace
-    eso y además sus eventos, su análisis y su cola, tampoco llega sin cambiar de forma."""
+    solos, y con su registro de eventos (``bench/_small_parts.py``). Si ellos solos no llegan al
+    objetivo, el daemon, que hace eso y además su análisis, sus comprobaciones y su cola, tampoco
+    llega sin cambiar de forma."""
     shown = []
-    for name, label in (("part: GET + the job's file steps", "1 process"), ("part: GET + file steps, 2 processes",
-                                                                            "2 processes")):
+    for name, label in (("part: GET + the job's file steps", "file steps, 1 process"),
+                        ("part: GET + file steps, 2 processes", "2 processes"),
+                        ("part: GET + file steps + event log", "with the event log, 1 process"),
+                        ("part: GET + file steps + event log, 2 processes", "2 processes"),
+                        ("part: the same, events written once per job", "events batched per job, 1 process"),
+                        ("part: the same, events once per job, 2 processes", "2 processes")):
         rates = sorted(m["files_per_s"] for m in raw.get(name, []))
         if rates:
             shown.append(f"{label} {median(rates):,.0f} files/s ({rates[0]:,.0f}-{rates[-1]:,.0f})")
-    return f"; ceiling here, requests + file steps alone: {', '.join(shown)}" if shown else ""
+    return f"; ceiling here, requests + {', '.join(shown)}" if shown else ""
