@@ -174,6 +174,45 @@ def test_unbinding_the_correlation_id(event_log: EventLog) -> None:
     assert "correlation_id" not in second
 
 
+def test_correlation_id_follows_the_task_into_its_threads_and_an_explicit_none_wins(event_log: EventLog) -> None:
+    def in_thread() -> None:
+        _log.info("job.progress", where="thread")
+        _log.info("job.progress", where="thread-none", correlation_id=None)
+
+    async def main() -> None:
+        bind_correlation_id("task-c")
+        await asyncio.to_thread(in_thread)
+
+    asyncio.run(main())
+    events = {e["where"]: e for e in event_log.read()}
+    assert events["thread"]["correlation_id"] == "task-c"
+    assert "correlation_id" not in events["thread-none"]
+
+
+def test_configure_events_leaves_an_applications_structlog_config_alone(tmp_path: Path) -> None:
+    # Una aplicación que importa el paquete y configura structlog a su manera: el daemon no se la
+    # quita, y sus propios eventos siguen yendo al registro de eventos.
+    script = f"""
+import structlog
+from pathlib import Path
+from daemon.events import configure_events, get_logger
+seen = []
+def keep(_logger, _method, event_dict):
+    seen.append(event_dict["event"])
+    raise structlog.DropEvent
+structlog.configure(processors=[keep])
+configure_events(Path({str(tmp_path / "events.jsonl")!r}), stderr=False)
+structlog.get_logger().info("app.own")
+get_logger().info("job.started", correlation_id="c1")
+print(seen)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == "['app.own']"
+    (line,) = _lines(tmp_path / "events.jsonl")
+    assert (line["event"], line["correlation_id"]) == ("job.started", "c1")
+
+
 # --- escrituras concurrentes -------------------------------------------------------------------
 _WRITER = r"""
 import sys, threading
