@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shutil
 import signal
 import sys
 import time
@@ -73,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         daemon_runner.DAEMON_SRC = src
         log(f"daemon imported from {src}")
+    if args.profile and not (shutil.which("py-spy") or (Path(sys.executable).parent / "py-spy").exists()):
+        print("--profile needs py-spy: .venv/bin/pip install py-spy", file=sys.stderr)
+        return 2
     chosen = [2] if args.smoke and not args.scenario else sorted(set(args.scenario or SCENARIOS))
     if os.geteuid() != 0:
         log("WARNING: not root: tmpfs cannot be mounted (using /dev/shm) and tools cannot be installed")
@@ -120,11 +124,13 @@ def main(argv: list[str] | None = None) -> int:
                     print(render_scenario_text(result.summary()), flush=True)
                     suffix = "-smoke" if args.smoke else "-quick" if args.quick else ""
                     suffix += "-daemon-src" if args.daemon_src is not None else ""
+                    suffix += "-profile" if args.profile else ""
                     write_raw(f"scenario{number}{suffix}",
                               {"summary": result.summary(), "raw": result.raw})
-                    if args.smoke or args.quick or args.daemon_src is not None:
-                        # Medidas parciales o de otro árbol: nunca sobre latest.*.
-                        kind = "smoke" if args.smoke else "quick" if args.quick else "daemon-src"
+                    if args.smoke or args.quick or args.profile or args.daemon_src is not None:
+                        # Medidas parciales, bajo un perfilador o de otro árbol: nunca sobre latest.*.
+                        kind = ("smoke" if args.smoke else "quick" if args.quick else "profile" if args.profile
+                                else "daemon-src")
                         path = write_results_file([result], meta, RAW_DIR, kind)
                     else:
                         path = write_results_file([result], meta, RESULTS_DIR)
